@@ -1,0 +1,146 @@
+"""`mindrlhf`: one command per stage and tool.
+
+Stage commands take a YAML recipe and dotted overrides::
+
+    mindrlhf sft --config configs/sft_builtin.yaml train.max_steps=50 optim.lr=1e-3
+    mindrlhf sft --config configs/sft_builtin.yaml --resume runs/sft     # continue a killed run
+    mindrlhf sft --help-config                                           # every key with its help
+
+Errors in what the user gave (config, data, files) print one line and exit with status 2; set
+MINDRLHF_DEBUG=1 for the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# stage name → (module, config class, run function, one-line help)
+STAGES = {
+    "sft": ("mindrlhf.trainers.sft", "SFTConfig", "train_sft", "stage 1: supervised fine-tuning on demonstrations"),
+}
+
+
+def _stage_parser(sub, name: str, help_text: str):
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--config", help="YAML recipe (see configs/); keys not set keep their defaults")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue from the newest checkpoint in RUN_DIR")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
+    p.set_defaults(func=_run_stage, stage=name)
+
+
+def _run_stage(args) -> int:
+    from .config import describe, load_config
+
+    module_name, cls_name, fn_name, _ = STAGES[args.stage]
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    if args.help_config:
+        print("\n".join(describe(cls)))
+        return 0
+    cfg = load_config(cls, args.config, args.overrides)
+    if args.resume and hasattr(cfg, "out_dir") and os.path.abspath(args.resume) != os.path.abspath(cfg.out_dir):
+        cfg.out_dir = args.resume  # a resumed run keeps writing where it was
+    result = getattr(module, fn_name)(cfg, resume=args.resume)
+    if isinstance(result, dict) and result:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
+        print(f"[{args.stage}] done: {shown}")
+    return 0
+
+
+def _tokenizer_train(args) -> int:
+    from .data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(args.input, args.vocab_size, args.out)
+    print(f"[tokenizer] {tok.vocab_size} pieces → {args.out}")
+    return 0
+
+
+def _data_builtin(args) -> int:
+    from .data.builtin.task import write_builtin_task
+    from .data.tokenizer import train_tokenizer
+
+    paths = write_builtin_task(args.out, seed=args.seed)
+    tok = train_tokenizer(os.path.join(args.out, "corpus.txt"), args.vocab_size, os.path.join(args.out, "tokenizer"))
+    print(f"[data] built-in task (seed {args.seed}) → {args.out}: {', '.join(sorted(map(os.path.basename, paths)))}; "
+          f"tokenizer with {tok.vocab_size} pieces")
+    return 0
+
+
+def _data_export(args) -> int:
+    from .data.mindrecord import export_mindrecord
+
+    n = export_mindrecord(args.input, args.out, args.kind, skip_invalid=args.skip_invalid)
+    print(f"[data] {n} {args.kind} records → {args.out}")
+    return 0
+
+
+def _convert(args) -> int:
+    from .nn import CausalLM
+
+    model = CausalLM.from_pretrained(args.src)
+    model.save_pretrained(args.out)
+    tok_files = [f for f in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
+                 if os.path.isfile(os.path.join(args.src, f))]
+    for name in tok_files:
+        import shutil
+
+        shutil.copyfile(os.path.join(args.src, name), os.path.join(args.out, name))
+    print(f"[convert] {args.src} → {args.out} ({model.num_parameters():,} parameters)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mindrlhf", description="RLHF on MindSpore: SFT → reward model → PPO.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (_, _, _, help_text) in STAGES.items():
+        _stage_parser(sub, name, help_text)
+
+    tok = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer")
+    tok_sub = tok.add_subparsers(dest="action", metavar="ACTION")
+    tok_sub.required = True
+    t = tok_sub.add_parser("train", help="train on a text file; text round-trips exactly")
+    t.add_argument("--input", required=True, help="training text file")
+    t.add_argument("--vocab-size", type=int, default=1000)
+    t.add_argument("--out", required=True, help="output folder (tokenizer.model)")
+    t.set_defaults(func=_tokenizer_train)
+
+    data = sub.add_parser("data", help="built-in task data, rankings, MindRecord export")
+    data_sub = data.add_subparsers(dest="action", metavar="ACTION")
+    data_sub.required = True
+    b = data_sub.add_parser("builtin", help="write the built-in movie-recommendation task and its tokenizer")
+    b.add_argument("--out", required=True)
+    b.add_argument("--seed", type=int, default=0, help="world seed; another seed gives another world")
+    b.add_argument("--vocab-size", type=int, default=1000)
+    b.set_defaults(func=_data_builtin)
+    e = data_sub.add_parser("export", help="convert a JSONL file to MindRecord (read back by the same loaders)")
+    e.add_argument("--input", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--kind", required=True, choices=["demonstrations", "rankings", "prompts"])
+    e.add_argument("--skip-invalid", action="store_true")
+    e.set_defaults(func=_data_export)
+
+    c = sub.add_parser("convert", help="read a HuggingFace folder and write it back through our model")
+    c.add_argument("src", help="HuggingFace folder (config.json + safetensors)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("MINDRLHF_DEBUG"):
+            raise
+        print(f"mindrlhf: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Where and how the code runs: device, graph or PyNative mode, seeds, and msrun data parallelism.
+
+The same code runs as a plain process and as one of N ``msrun`` workers: :func:`setup` initialises the
+communication only when msrun's environment is present (a bare ``init()`` fails outside msrun).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+
+import numpy as np
+
+from .config import field, require
+
+DEVICES = ("CPU", "GPU", "Ascend")
+MODES = ("graph", "pynative")
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    device: str = field("CPU", "device target: CPU, GPU or Ascend")
+    mode: str = field("graph", "graph (compiled, the default) or pynative (eager, for debugging)")
+    seed: int = field(0, "global seed for MindSpore, numpy and Python")
+    jit_level: str = field("", "MindSpore jit level O0/O1/O2; empty = MindSpore's default")
+    device_id: int = field(-1, "device index; -1 = from the environment (msrun sets it per worker)")
+
+    def validate(self):
+        require(self.device in DEVICES, "runtime.device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
+        require(self.mode in MODES, "runtime.mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+        require(self.jit_level in ("", "O0", "O1", "O2"), "runtime.jit_level", "expected O0, O1, O2 or empty")
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What :func:`setup` found: rank, world size and whether gradients must be reduced across ranks."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "CPU"
+    mode: str = "graph"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_msrun() -> bool:
+    """msrun (and the scheduler it starts) set these for every worker."""
+    return "MS_WORKER_NUM" in os.environ and os.environ.get("MS_ROLE", "MS_WORKER") == "MS_WORKER"
+
+
+def seed_everything(seed: int) -> None:
+    import mindspore as ms
+
+    random.seed(seed)
+    np.random.seed(seed)
+    ms.set_seed(seed)
+
+
+_CURRENT = Runtime()
+
+
+def current() -> Runtime:
+    """The runtime set up last in this process (rank 0 of 1 until :func:`setup` runs)."""
+    return _CURRENT
+
+
+def setup(cfg: RuntimeConfig) -> Runtime:
+    """Set MindSpore's context from ``cfg``, seed everything, and join the msrun group when launched by it."""
+    global _CURRENT
+    import mindspore as ms
+
+    mode = ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE
+    ms.set_context(mode=mode)
+    ms.set_device(cfg.device, cfg.device_id) if cfg.device_id >= 0 else ms.set_device(cfg.device)
+    if cfg.jit_level:
+        ms.set_context(jit_config={"jit_level": cfg.jit_level})
+    rank, world = 0, 1
+    if launched_by_msrun():
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()
+        rank, world = get_rank(), get_group_size()
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    seed_everything(cfg.seed)
+    _CURRENT = Runtime(rank=rank, world_size=world, device=cfg.device, mode=cfg.mode)
+    return _CURRENT

@@ -1,0 +1,200 @@
+"""The compiled optimizer step every stage shares: gradients, all-reduce, global-norm clipping, AdamW.
+
+A step is a Cell (``value_and_grad`` plus the optimizer inside ``construct``): measured here, that form
+compiled and ran faster than the ``@jit`` function form. With gradient accumulation the work splits
+into two compiled Cells sharing accumulator Parameters: :class:`AccumulateStep` (one per micro-batch)
+and :class:`ApplyStep` (once per optimizer step). Loss functions take their normaliser as an input,
+so summing micro-batch gradients gives exactly the full batch's gradient.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from ..config import field, require
+from .. import runtime
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = field(1e-3, "peak learning rate")
+    weight_decay: float = field(0.0, "AdamW decoupled weight decay")
+    beta1: float = field(0.9, "AdamW beta1")
+    beta2: float = field(0.95, "AdamW beta2")
+    eps: float = field(1e-8, "AdamW epsilon")
+    warmup_steps: int = field(10, "linear warm-up steps from 0 to lr")
+    schedule: str = field("cosine", "after warm-up: cosine (decays to min_lr_ratio·lr at the last step) or constant")
+    min_lr_ratio: float = field(0.1, "floor of the cosine schedule, as a fraction of lr")
+    max_grad_norm: float = field(1.0, "clip gradients to this global L2 norm; 0 disables clipping")
+
+    def validate(self):
+        require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        require(self.schedule in ("cosine", "constant"), "optim.schedule", "expected cosine or constant")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+
+
+def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """lr at optimizer step ``step`` (0-based): linear warm-up, then cosine decay or constant."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant" or total_steps <= cfg.warmup_steps:
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(params, cfg: OptimConfig):
+    """``mindspore.experimental.optim.AdamW``: bias-corrected like torch's (``nn.AdamWeightDecay`` is not)."""
+    from mindspore.experimental.optim import AdamW
+
+    return AdamW(list(params), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def set_learning_rate(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"].set_data(ms.Tensor(lr, ms.float32))
+
+
+def global_norm(grads):
+    total = ops.zeros((), ms.float32)
+    for g in grads:
+        total = total + ops.reduce_sum(ops.square(g.astype(ms.float32)))
+    return ops.sqrt(total)
+
+
+def clip_by_norm(grads, norm, max_norm: float):
+    """Scale all gradients by min(1, max_norm / norm), torch's ``clip_grad_norm_`` rule."""
+    scale = ops.minimum(ops.ones((), ms.float32), max_norm / (norm + 1e-6))
+    return tuple(g * scale.astype(g.dtype) for g in grads)
+
+
+def _reducer(params):
+    if runtime.current().distributed:
+        return nn.DistributedGradReducer(params, mean=True)
+    return None
+
+
+class TrainStep(nn.Cell):
+    """One optimizer step on one batch: ``loss_cell(*inputs) -> (loss, aux)``; returns (loss, aux, grad_norm)."""
+
+    def __init__(self, loss_cell: nn.Cell, optimizer, max_grad_norm: float):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.optimizer = optimizer
+        self.max_grad_norm = float(max_grad_norm)
+        self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
+        self.reducer = _reducer(optimizer.parameters)
+
+    def construct(self, *inputs):
+        (loss, aux), grads = self.grad_fn(*inputs)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        norm = global_norm(grads)
+        if self.max_grad_norm > 0:
+            grads = clip_by_norm(grads, norm, self.max_grad_norm)
+        self.optimizer(grads)
+        return loss, aux, norm
+
+
+class AccumulateStep(nn.Cell):
+    """Add one micro-batch's gradients into ``accum``; returns (loss, aux)."""
+
+    def __init__(self, loss_cell: nn.Cell, params, accum):
+        super().__init__(auto_prefix=False)
+        self.grad_fn = ms.value_and_grad(loss_cell, None, params, has_aux=True)
+        self.accum = accum
+
+    def construct(self, *inputs):
+        (loss, aux), grads = self.grad_fn(*inputs)
+        for acc, g in zip(self.accum, grads):
+            ops.assign_add(acc, g)
+        return loss, aux
+
+
+class ApplyStep(nn.Cell):
+    """Reduce, clip and apply the accumulated gradients, then zero them; returns the pre-clip norm."""
+
+    def __init__(self, optimizer, accum, max_grad_norm: float):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.accum = accum
+        self.max_grad_norm = float(max_grad_norm)
+        self.reducer = _reducer(optimizer.parameters)
+
+    def construct(self):
+        grads = tuple(self.accum)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        norm = global_norm(grads)
+        if self.max_grad_norm > 0:
+            grads = clip_by_norm(grads, norm, self.max_grad_norm)
+        self.optimizer(grads)
+        for acc in self.accum:
+            ops.assign(acc, ops.zeros_like(acc))
+        return norm
+
+
+class Updater:
+    """What a trainer holds per trainable role: optimizer, schedule and compiled step(s).
+
+    ``step(batches)`` takes the micro-batches of one optimizer step (tuples of Tensors, each passed
+    positionally to the loss cell) and returns (mean loss, list of aux, grad norm) as numpy values.
+    """
+
+    def __init__(self, loss_cell: nn.Cell, params, cfg: OptimConfig, total_steps: int, accum_steps: int = 1):
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.params = list(params)
+        self.optimizer = build_optimizer(self.params, cfg)
+        self.accum_steps = accum_steps
+        if accum_steps == 1:
+            self.train_step = TrainStep(loss_cell, self.optimizer, cfg.max_grad_norm)
+        else:
+            accum = ms.ParameterTuple(
+                ms.Parameter(ops.zeros(p.shape, p.dtype), name=f"accum.{p.name}", requires_grad=False)
+                for p in self.params
+            )
+            self.accumulate = AccumulateStep(loss_cell, self.params, accum)
+            self.apply = ApplyStep(self.optimizer, accum, cfg.max_grad_norm)
+        self.step_count = 0
+
+    def step(self, micro_batches):
+        set_learning_rate(self.optimizer, learning_rate(self.cfg, self.step_count, self.total_steps))
+        if self.accum_steps == 1:
+            (batch,) = micro_batches
+            loss, aux, norm = self.train_step(*batch)
+            losses, auxes = [float(loss.asnumpy())], [_numpy(aux)]
+        else:
+            losses, auxes = [], []
+            for batch in micro_batches:
+                loss, aux = self.accumulate(*batch)
+                losses.append(float(loss.asnumpy()))
+                auxes.append(_numpy(aux))
+            norm = self.apply()
+        self.step_count += 1
+        return sum(losses), auxes, float(norm.asnumpy())
+
+    # ------------------------------------------------------------------ state for checkpoints
+    def state_dict(self) -> dict:
+        """Optimizer moments, step counter and lr as name → Tensor (for ``ms.save_checkpoint``)."""
+        return {p.name: p for p in self.optimizer.get_parameters() if p.name not in {q.name for q in self.params}}
+
+    def load_state_dict(self, tensors: dict) -> None:
+        own = {p.name: p for p in self.optimizer.get_parameters()}
+        missing = [name for name in own if name not in tensors and name not in {q.name for q in self.params}]
+        if missing:
+            raise ValueError(f"optimizer state lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        for name, value in tensors.items():
+            if name in own:
+                own[name].set_data(value if isinstance(value, ms.Tensor) else ms.Tensor(value))
+
+
+def _numpy(aux):
+    if isinstance(aux, (tuple, list)):
+        return [a.asnumpy() for a in aux]
+    return aux.asnumpy()
