@@ -19,6 +19,8 @@ import sys
 # stage name → (module, config class, run function, one-line help)
 STAGES = {
     "sft": ("mindrlhf.trainers.sft", "SFTConfig", "train_sft", "stage 1: supervised fine-tuning on demonstrations"),
+    "ppo": ("mindrlhf.trainers.ppo", "PPOConfig", "train_ppo", "stage 3: PPO against the reward model, KL-tied to the reference"),
+    "rm": ("mindrlhf.trainers.reward", "RMConfig", "train_rm", "stage 2: reward model from K-way rankings"),
 }
 
 
@@ -69,6 +71,30 @@ def _data_builtin(args) -> int:
     return 0
 
 
+def _data_rankings(args) -> int:
+    from .trainers.rankings import sample_rankings
+
+    s = sample_rankings(args.policy, args.prompts, args.out, k=args.k, noise=args.noise, seed=args.seed,
+                        world_file=args.world, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                        max_prompts=args.max_prompts)
+    print(f"[data] {s['rankings']} rankings of K={args.k} → {args.out} ({s['dropped']} prompts dropped for fewer "
+          f"than 2 distinct responses; labeler's mean score of the samples {s['mean_score']:.3f})")
+    return 0
+
+
+def _eval_rm(args) -> int:
+    from .trainers.reward import evaluate_rm
+    from .runtime import RuntimeConfig
+
+    s = evaluate_rm(args.model, args.data, batch_size=args.batch_size, save=not args.no_save,
+                    runtime_cfg=RuntimeConfig())
+    where = "" if args.no_save else f" → {os.path.join(args.model, 'rm_stats.json')}"
+    print(f"[eval rm] accuracy={s['accuracy']:.4f} mean_margin={s['mean_margin']:.4f} "
+          f"reward_mean={s['reward_mean']:.4f} reward_std={s['reward_std']:.4f} "
+          f"({s['pairs']} pairs over {s['prompts']} prompts){where}")
+    return 0
+
+
 def _data_export(args) -> int:
     from .data.mindrecord import export_mindrecord
 
@@ -116,12 +142,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="world seed; another seed gives another world")
     b.add_argument("--vocab-size", type=int, default=1000)
     b.set_defaults(func=_data_builtin)
+    r = data_sub.add_parser("rankings", help="sample K responses per prompt from a policy; the built-in labeler ranks them")
+    r.add_argument("--policy", required=True, help="SFT output folder (model + tokenizer)")
+    r.add_argument("--prompts", required=True, help="prompts JSONL (world.json beside it is the labeler's truth)")
+    r.add_argument("--k", type=int, default=4, help="responses sampled per prompt")
+    r.add_argument("--out", required=True, help="rankings JSONL to write")
+    r.add_argument("--noise", type=float, default=0.5, help="labeler noise: std of the Gaussian added to scores")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--world", default="", help="world.json; default: beside the prompts file")
+    r.add_argument("--temperature", type=float, default=1.0)
+    r.add_argument("--max-new-tokens", type=int, default=48)
+    r.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts; 0 = all")
+    r.set_defaults(func=_data_rankings)
     e = data_sub.add_parser("export", help="convert a JSONL file to MindRecord (read back by the same loaders)")
     e.add_argument("--input", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--kind", required=True, choices=["demonstrations", "rankings", "prompts"])
     e.add_argument("--skip-invalid", action="store_true")
     e.set_defaults(func=_data_export)
+
+    ev = sub.add_parser("eval", help="evaluate a stage's product")
+    ev_sub = ev.add_subparsers(dest="what", metavar="WHAT")
+    ev_sub.required = True
+    er = ev_sub.add_parser("rm", help="reward model: held-out pairwise accuracy, mean margin, reward mean/std")
+    er.add_argument("--model", required=True, help="the model/ folder of a `mindrlhf rm` run")
+    er.add_argument("--data", required=True, help="rankings JSONL to evaluate on")
+    er.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
+    er.add_argument("--no-save", action="store_true", help="print only; do not write rm_stats.json")
+    er.set_defaults(func=_eval_rm)
 
     c = sub.add_parser("convert", help="read a HuggingFace folder and write it back through our model")
     c.add_argument("src", help="HuggingFace folder (config.json + safetensors)")

@@ -1,0 +1,335 @@
+"""Stage 3, PPO: the actor learns to raise the reward model's score while staying near the reference.
+
+One iteration (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017):
+
+    1. rollout     sample responses to B prompts from the actor (compiled KV-cache decode loop)
+    2. score       one compiled pass: log π_old, log π_ref, V(s_t), reward-model score r(x, y)
+    3. advantages  r_t = −β·KL_t (+ score on the last token); GAE(γ, λ); whitened advantages
+    4. update      E epochs of shuffled mini-batches: the policy loss (``clip`` = PPO2's clipped ratio,
+                   or ``kl_penalty`` = PPO's adaptive KL penalty) and the clipped value loss, each
+                   a compiled optimizer step
+    5. controllers β of the reward adapts toward a target KL; β_ppo of the ``kl_penalty`` loss adapts
+                   after each epoch
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from .. import runtime
+from ..algos import AdaptiveKLController, FixedKLController, adapt_kl_penalty, agg_loss, entropy_from_logits
+from ..algos import get_policy_loss, value_loss
+from ..config import field, require, save_config
+from ..data.encoding import encode_prompts
+from ..data.formats import load_prompts
+from ..data.tokenizer import Tokenizer
+from ..nn.generate import GenerationConfig, Generator
+from ..roles import Critic, Policy, load_lm
+from ..runtime import RuntimeConfig
+from .checkpoint import CheckpointManager
+from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, response_slice
+from .loop import DataOrder
+from .metrics import MetricsLogger, plot_metrics
+from .reward import load_reward_model, read_stats
+from .sft import export_model
+from .step import OptimConfig, Updater
+
+
+@dataclasses.dataclass
+class PPODataConfig:
+    prompts: str = field("", "prompts JSONL for rollouts")
+    max_prompt_length: int = field(48, "longest prompt in tokens; longer prompts are errors (or skipped)")
+    skip_invalid: bool = field(False, "skip malformed or too-long prompts (counted) instead of stopping")
+    labeler_world: str = field("", "built-in task only: world.json whose hidden labeler scores rollouts (logged, never trained on)")
+
+    def validate(self):
+        require(bool(self.prompts), "data.prompts", "set the prompts file, e.g. data.prompts=prompts.jsonl")
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    batch_size: int = field(32, "prompts per iteration (global, over all ranks)")
+    max_new_tokens: int = field(48, "response length limit")
+    temperature: float = field(1.0, "sampling temperature of rollouts")
+    top_k: int = field(0, "top-k filter of rollouts; 0 = off")
+    top_p: float = field(1.0, "nucleus filter of rollouts; 1 = off")
+
+
+@dataclasses.dataclass
+class PPOAlgoConfig:
+    iterations: int = field(40, "rollout → update iterations")
+    epochs: int = field(4, "passes over each rollout batch (Schulman et al. 2017 use 3–10)")
+    mini_batch_size: int = field(8, "sequences per optimizer step (global)")
+    policy_loss: str = field("clip", "clip (PPO2's clipped ratio) or kl_penalty (PPO's adaptive KL penalty)")
+    clip_range: float = field(0.2, "ε of the clipped ratio")
+    clip_range_value: float = field(0.2, "ε_v of the clipped value loss")
+    kl_penalty_coef: float = field(0.1, "initial β_ppo of the kl_penalty loss")
+    kl_penalty_target: float = field(0.01, "target KL(π_old‖π) per token for adapting β_ppo")
+    entropy_coef: float = field(0.0, "entropy bonus weight")
+    loss_agg_mode: str = field("token-mean", "token-mean, seq-mean-token-sum or seq-mean-token-mean")
+    gamma: float = field(1.0, "discount γ of GAE")
+    lam: float = field(0.95, "λ of GAE")
+    whiten_advantages: bool = field(True, "whiten advantages over valid tokens (all ranks)")
+    kl_estimator: str = field("k1", "per-token KL of the reward: k1, k2, k3 or abs")
+    kl_coef: float = field(0.05, "β of the reward's KL penalty (initial value when adaptive)")
+    adaptive_kl: bool = field(False, "adapt β toward kl_target (Ziegler et al. 2019)")
+    kl_target: float = field(3.0, "target KL(π‖π_ref) per sequence for the adaptive β")
+    kl_horizon: int = field(10000, "horizon of the adaptive β controller, in samples")
+    normalize_reward: bool = field(True, "normalise scores with the reward model's rm_stats.json mean and std")
+    score_clip: float = field(5.0, "clip normalised scores to ±this; 0 = off")
+    missing_eos_penalty: float = field(-1.0, "added to the score of a response that hits max_new_tokens without EOS")
+
+    def validate(self):
+        require(self.policy_loss in ("clip", "kl_penalty"), "ppo.policy_loss", "expected clip or kl_penalty")
+        require(self.epochs >= 1, "ppo.epochs", "must be >= 1")
+        require(0 < self.lam <= 1 and 0 < self.gamma <= 1, "ppo.lam", "γ and λ must be in (0, 1]")
+
+
+@dataclasses.dataclass
+class PPOConfig:
+    policy: str = field("", "SFT output folder: the actor starts here and the reference is a frozen copy")
+    reward_model: str = field("", "reward-model folder (a `mindrlhf rm` run's model/)")
+    critic_init: str = field("reward_model", "critic trunk and head from reward_model, or trunk from policy with a zero head")
+    tokenizer: str = field("", "tokenizer folder; empty = the policy folder's")
+    out_dir: str = field("runs/ppo", "run folder: checkpoints, metrics, plots and the final model/")
+    data: PPODataConfig = field(PPODataConfig(), "prompts")
+    rollout: RolloutConfig = field(RolloutConfig(), "sampling")
+    ppo: PPOAlgoConfig = field(PPOAlgoConfig(), "the algorithm")
+    actor_optim: OptimConfig = field(OptimConfig(lr=2e-4, warmup_steps=5, schedule="constant"), "actor AdamW")
+    critic_optim: OptimConfig = field(OptimConfig(lr=5e-4, warmup_steps=5, schedule="constant"), "critic AdamW")
+    log_every: int = field(1, "iterations between metric lines")
+    save_every: int = field(10, "iterations between checkpoints; 0 = only at the end")
+    keep_checkpoints: int = field(2, "newest checkpoints kept")
+    progress: bool = field(True, "show a progress bar")
+    runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed")
+
+    def validate(self):
+        require(bool(self.policy), "policy", "set the SFT model folder, e.g. policy=runs/sft/model")
+        require(bool(self.reward_model), "reward_model", "set the reward model folder, e.g. reward_model=runs/rm/model")
+        require(self.critic_init in ("reward_model", "policy"), "critic_init", "expected reward_model or policy")
+        require(self.rollout.batch_size % self.ppo.mini_batch_size == 0, "ppo.mini_batch_size",
+                f"{self.ppo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
+
+
+class ActorLoss(nn.Cell):
+    """(ids, mask, old_logprobs, advantages, response_mask, normalizer, kl_coef) → (loss, (pg_loss, clipfrac, approx_kl, entropy))."""
+
+    def __init__(self, actor: Policy, cfg: PPOAlgoConfig):
+        super().__init__(auto_prefix=False)
+        self.actor = actor
+        self.policy_loss = get_policy_loss(cfg.policy_loss)
+        self.clip_range, self.entropy_coef, self.agg = cfg.clip_range, cfg.entropy_coef, cfg.loss_agg_mode
+
+    def construct(self, input_ids, attention_mask, old_logprobs, advantages, response_mask, normalizer, kl_coef):
+        n, total = old_logprobs.shape[1], input_ids.shape[1]
+        logprobs, logits = self.actor(input_ids, attention_mask)
+        logprobs = response_slice(logprobs, n, total)
+        pg_loss, clipfrac, approx_kl = self.policy_loss(logprobs, old_logprobs, advantages, response_mask,
+                                                        self.clip_range, kl_coef, self.agg, normalizer)
+        entropy = agg_loss(entropy_from_logits(response_slice(logits, n, total)), response_mask, self.agg, normalizer)
+        return pg_loss - self.entropy_coef * entropy, (pg_loss, clipfrac, approx_kl, entropy)
+
+
+class CriticLoss(nn.Cell):
+    """(ids, mask, old_values, returns, response_mask, normalizer) → (loss, clipfrac)."""
+
+    def __init__(self, critic: Critic, cfg: PPOAlgoConfig):
+        super().__init__(auto_prefix=False)
+        self.critic, self.clip_range_value, self.agg = critic, cfg.clip_range_value, cfg.loss_agg_mode
+
+    def construct(self, input_ids, attention_mask, old_values, returns, response_mask, normalizer):
+        values = response_slice(self.critic(input_ids, attention_mask), old_values.shape[1], input_ids.shape[1])
+        return value_loss(values, old_values, returns, response_mask, self.clip_range_value, self.agg, normalizer)
+
+
+def _frozen(cell):
+    for p in cell.get_parameters():
+        p.requires_grad = False
+    return cell
+
+
+class PPOTrainer:
+    """Holds the four roles, their compiled passes and optimizers; ``iteration()`` runs one PPO iteration."""
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.rt = runtime.setup(cfg.runtime)
+        self.tokenizer = Tokenizer.load(cfg.tokenizer or cfg.policy)
+        vocab = self.tokenizer.vocab_size
+        self.actor_lm = load_lm(cfg.policy, vocab)
+        self.actor = Policy(self.actor_lm)
+        self.reference = _frozen(Policy(load_lm(cfg.policy, vocab)))
+        self.reward_model = _frozen(load_reward_model(cfg.reward_model))
+        self.rm_stats = read_stats(cfg.reward_model) if cfg.ppo.normalize_reward else {}
+        if cfg.critic_init == "reward_model":
+            source = load_reward_model(cfg.reward_model)
+            self.critic = Critic(source.trunk)
+            self.critic.head = source.head  # the RM's head is a better start than zeros for V
+        else:
+            self.critic = Critic(load_lm(cfg.policy, vocab))
+        # Parameter names must be unique across the Cells one graph, optimizer or checkpoint sees.
+        for prefix, cell in (("actor", self.actor), ("reference", self.reference), ("critic", self.critic),
+                             ("reward", self.reward_model)):
+            for p in cell.get_parameters():
+                p.name = f"{prefix}.{p.name}"
+
+        n = cfg.rollout.max_new_tokens
+        self.generator = Generator(self.actor_lm)
+        self.gen_cfg = GenerationConfig(max_new_tokens=n, do_sample=True, temperature=cfg.rollout.temperature,
+                                        top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
+                                        eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id)
+        self.scoring = ScoringPass(self.actor, self.reference, self.critic, self.reward_model, n)
+        self.advantage = AdvantagePass(cfg.ppo.kl_estimator, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages)
+        steps = cfg.ppo.iterations * cfg.ppo.epochs * (cfg.rollout.batch_size // cfg.ppo.mini_batch_size)
+        self.actor_updater = Updater(ActorLoss(self.actor, cfg.ppo), self.actor.trainable_params(),
+                                     cfg.actor_optim, steps)
+        self.critic_updater = Updater(CriticLoss(self.critic, cfg.ppo), self.critic.trainable_params(),
+                                      cfg.critic_optim, steps)
+        p = cfg.ppo
+        self.kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
+                       else FixedKLController(p.kl_coef))
+        self.ppo_beta = p.kl_penalty_coef
+
+        prompts = load_prompts(cfg.data.prompts, cfg.data.skip_invalid)
+        self.prompts = encode_prompts(prompts, self.tokenizer, cfg.data.max_prompt_length, cfg.data.skip_invalid)
+        self.order = DataOrder(len(self.prompts), cfg.rollout.batch_size, cfg.runtime.seed)
+        self.labeler = None
+        if cfg.data.labeler_world:
+            from ..data.builtin.labeler import Labeler
+            from ..data.builtin.world import load_world
+
+            self.labeler = Labeler(load_world(cfg.data.labeler_world))
+
+    # ------------------------------------------------------------------ 1–3: experience
+    def make_experience(self, prompts, seed: int) -> tuple[Experience, dict]:
+        cfg, t0 = self.cfg, time.perf_counter()
+        gen = self.generator.generate([p.input_ids for p in prompts], dataclasses.replace(self.gen_cfg, seed=seed))
+        t1 = time.perf_counter()
+        ids, mask, response_mask, last_index = assemble(gen)
+        old_lp, ref_lp, values, raw = (x.asnumpy() for x in self.scoring(ms.Tensor(ids), ms.Tensor(mask),
+                                                                           ms.Tensor(last_index)))
+        scores = self._shape_scores(raw, gen.response_ids)
+        kl, rewards, adv, ret = (x.asnumpy() for x in self.advantage(
+            ms.Tensor(old_lp), ms.Tensor(ref_lp), ms.Tensor(values), ms.Tensor(scores), ms.Tensor(response_mask),
+            ms.Tensor(self.kl_ctl.kl_coef, ms.float32)))
+        t2 = time.perf_counter()
+        exp = Experience(ids, mask, response_mask, old_lp, ref_lp, values, scores, raw, kl, rewards, adv, ret)
+        lengths = response_mask.sum(1)
+        stats = {"score": float(raw.mean()), "reward": float(rewards.sum(1).mean()),
+                 "kl": float(kl.sum(1).mean()), "kl_coef": self.kl_ctl.kl_coef,
+                 "response_len": float(lengths.mean()), "eos_rate": float(self._has_eos(gen.response_ids).mean()),
+                 "explained_var": explained_variance(values, ret, response_mask),
+                 "time_generate": t1 - t0, "time_score": t2 - t1,
+                 "gen_tok_per_s": float(lengths.sum() / max(t1 - t0, 1e-9))}
+        if self.labeler is not None:
+            texts = [self.tokenizer.decode(r[m > 0]) for r, m in zip(gen.response_ids, response_mask)]
+            stats["labeler_score"] = float(np.mean([self.labeler.score(p.text, t) for p, t in zip(prompts, texts)]))
+        return exp, stats
+
+    def _has_eos(self, response_ids) -> np.ndarray:
+        return (response_ids == self.tokenizer.eos_id).any(axis=1)
+
+    def _shape_scores(self, raw: np.ndarray, response_ids) -> np.ndarray:
+        p, scores = self.cfg.ppo, raw.astype(np.float32)
+        if p.normalize_reward and self.rm_stats:
+            scores = (scores - self.rm_stats["reward_mean"]) / max(self.rm_stats["reward_std"], 1e-6)
+        if p.score_clip > 0:
+            scores = np.clip(scores, -p.score_clip, p.score_clip)
+        return (scores + p.missing_eos_penalty * ~self._has_eos(response_ids)).astype(np.float32)
+
+    # ------------------------------------------------------------------ 4: update
+    def update(self, exp: Experience, seed: int) -> dict:
+        cfg, rt = self.cfg.ppo, self.rt
+        rng = np.random.default_rng(seed)
+        per_rank = cfg.mini_batch_size // rt.world_size
+        sums: dict = {}
+        count = 0
+        for _ in range(cfg.epochs):
+            epoch_kl = []
+            for batch in np.split(rng.permutation(len(exp)), len(exp) // cfg.mini_batch_size):
+                mb = exp.rows(np.sort(batch))
+                normalizer = float(mb.response_mask.sum()) / rt.world_size
+                mine = mb.rows(slice(rt.rank * per_rank, (rt.rank + 1) * per_rank))
+                t = lambda x, dt=ms.float32: ms.Tensor(x, dt)  # noqa: E731
+                ids, mask = ms.Tensor(mine.input_ids), ms.Tensor(mine.attention_mask)
+                norm = t(normalizer)
+                _, (aux,), _ = self.actor_updater.step([(ids, mask, t(mine.old_logprobs), t(mine.advantages),
+                                                         t(mine.response_mask), norm, t(self.ppo_beta))])
+                vf_loss, (vf_clipfrac,), _ = self.critic_updater.step([(ids, mask, t(mine.values), t(mine.returns),
+                                                                        t(mine.response_mask), norm)])
+                pg_loss, clipfrac, approx_kl, entropy = (float(a) for a in aux)
+                vf_clipfrac = float(vf_clipfrac)
+                for key, val in (("pg_loss", pg_loss), ("clipfrac", clipfrac), ("approx_kl", approx_kl),
+                                 ("entropy", entropy), ("vf_loss", vf_loss), ("vf_clipfrac", vf_clipfrac)):
+                    sums[key] = sums.get(key, 0.0) + val
+                count += 1
+                epoch_kl.append(approx_kl)
+            if cfg.policy_loss == "kl_penalty":
+                self.ppo_beta = adapt_kl_penalty(self.ppo_beta, float(np.mean(epoch_kl)), cfg.kl_penalty_target)
+        out = {k: v / count for k, v in sums.items()}
+        if cfg.policy_loss == "kl_penalty":
+            out["ppo_beta"] = self.ppo_beta
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: Optional[str] = None) -> dict:
+        cfg, rt = self.cfg, self.rt
+        ckpt = CheckpointManager(cfg.out_dir, keep=cfg.keep_checkpoints)
+        cells = {"actor": self.actor, "critic": self.critic}
+        updaters = {"actor": self.actor_updater, "critic": self.critic_updater}
+        start = 0
+        if resume:
+            path = CheckpointManager(resume).latest()
+            if path is None:
+                raise FileNotFoundError(f"{resume}: no complete checkpoint to resume from")
+            state = CheckpointManager.load(path, cells, updaters)
+            start, self.ppo_beta = state["step"], state["ppo_beta"]
+            self.kl_ctl.kl_coef = state["kl_coef"]
+            self.order.restore(state["data_order"])
+        logger = MetricsLogger(cfg.out_dir, rt.is_main, resume_step=start if resume else None)
+        bar = None
+        if cfg.progress and rt.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.ppo.iterations, initial=start, desc="ppo", dynamic_ncols=True, mininterval=1.0)
+        per_rank = cfg.rollout.batch_size // rt.world_size
+        metrics: dict = {}
+        for it in range(start, cfg.ppo.iterations):
+            idx = self.order.next_batch()[rt.rank * per_rank : (rt.rank + 1) * per_rank]
+            seed = cfg.runtime.seed * 100_003 + it * 1_009 + rt.rank
+            exp, metrics = self.make_experience([self.prompts[i] for i in idx], seed)
+            t0 = time.perf_counter()
+            metrics.update(self.update(exp, seed))
+            metrics["time_train"] = time.perf_counter() - t0
+            self.kl_ctl.update(metrics["kl"], cfg.rollout.batch_size)
+            done = it + 1
+            if done % cfg.log_every == 0 or done == cfg.ppo.iterations:
+                logger.log(done, metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.3f}")
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.ppo.iterations:
+                state = {"ppo_beta": self.ppo_beta, "kl_coef": self.kl_ctl.kl_coef,
+                         "data_order": self.order.state(), "optimizer_steps": self.actor_updater.step_count}
+                ckpt.save(done, cells, updaters, state, rt.is_main)
+        if bar is not None:
+            bar.close()
+        if rt.is_main:
+            plot_metrics(logger.path, os.path.join(cfg.out_dir, "metrics.png"))
+            export_model(self.actor_lm, self.tokenizer, cfg, os.path.join(cfg.out_dir, "model"))
+        return metrics
+
+
+def train_ppo(cfg: PPOConfig, resume: Optional[str] = None) -> dict:
+    """Run PPO; write ``out_dir/model`` (the policy as a HuggingFace folder + tokenizer)."""
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    trainer = PPOTrainer(cfg)
+    if trainer.rt.is_main:
+        save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+    return trainer.train(resume)
