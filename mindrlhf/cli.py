@@ -19,8 +19,10 @@ import sys
 # stage name → (module, config class, run function, one-line help)
 STAGES = {
     "sft": ("mindrlhf.trainers.sft", "SFTConfig", "train_sft", "stage 1: supervised fine-tuning on demonstrations"),
-    "ppo": ("mindrlhf.trainers.ppo", "PPOConfig", "train_ppo", "stage 3: PPO against the reward model, KL-tied to the reference"),
     "rm": ("mindrlhf.trainers.reward", "RMConfig", "train_rm", "stage 2: reward model from K-way rankings"),
+    "ppo": ("mindrlhf.trainers.ppo", "PPOConfig", "train_ppo", "stage 3: PPO against the reward model, KL-tied to the reference"),
+    "pipeline": ("mindrlhf.pipeline", "PipelineConfig", "run_pipeline",
+                 "the whole recipe on the built-in task: data → SFT → rankings → RM → PPO → report"),
 }
 
 

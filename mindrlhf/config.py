@@ -119,9 +119,19 @@ def _coerce(value, tp, where: str, lines: Optional[dict] = None):
     return value
 
 
-def _build(cls, data: dict, where: str, lines: Optional[dict] = None):
+def _build(cls, data: dict, where: str, lines: Optional[dict] = None, base=None):
+    """``cls`` with the keys of ``data`` set on top of ``base`` (default: ``cls()``), recursively.
+
+    Starting from the enclosing default matters: a section whose default is a customised instance
+    (the pipeline's stage sections) keeps its customisation when YAML sets only some of its keys.
+    """
     names = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = _hints(cls)
+    if base is None:
+        try:
+            base = cls()
+        except TypeError:
+            base = None
     kwargs = {}
     for key, value in data.items():
         key_where = f"{where}{key}" if where.endswith(":") else f"{where}.{key}" if where else key
@@ -131,15 +141,15 @@ def _build(cls, data: dict, where: str, lines: Optional[dict] = None):
             raise ConfigError(
                 f"{key_where}{at}: unknown key {key!r}; valid keys of {cls.__name__} are: {', '.join(sorted(names))}"
             )
-        kwargs[key] = _coerce(value, hints[key], key_where, lines)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict) and base is not None:
+            kwargs[key] = _build(tp, value, key_where, lines, base=getattr(base, key))
+        else:
+            kwargs[key] = _coerce(value, tp, key_where, lines)
     try:
-        obj = cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from None
-    return obj
-
-
-# ----------------------------------------------------------------------------------------------- YAML
 
 
 class _LineLoader(yaml.SafeLoader):

@@ -94,3 +94,15 @@ def test_describe_lists_every_leaf_with_help():
     lines = describe(Outer)
     assert any(line.startswith("inner.lr (float, default 0.001): learning rate") for line in lines)
     assert len(lines) == 6
+
+
+@dataclasses.dataclass
+class WithCustomSection:
+    inner: Inner = field(Inner(lr=0.25, names=["custom"]), "a section whose default is customised")
+
+
+def test_partial_section_keeps_the_enclosing_default(tmp_path):
+    """Setting one key of a section must not reset the section's other customised defaults."""
+    cfg = load_config(WithCustomSection, write(tmp_path, "inner:\n  steps: 3\n"), ["inner.names=[x]"])
+    assert cfg.inner.lr == 0.25 and cfg.inner.steps == 3 and cfg.inner.names == ["x"]
+    assert load_config(WithCustomSection, None, ["inner.steps=4"]).inner.names == ["custom"]

@@ -1,0 +1,159 @@
+"""The whole InstructGPT recipe on the built-in task, in one run folder:
+
+    data ─► tokenizer ─► SFT ─► rankings (K samples from SFT, ranked by the hidden labeler)
+         ─► reward model ─► PPO ─► evaluation report (SFT vs PPO on held-out prompts)
+
+Each stage writes its product under ``out_dir`` and is skipped when that product is already there, so
+a killed pipeline is resumed by running the same command again (a stage killed mid-way resumes from
+its own newest checkpoint). Stage sections are the stages' own configs; paths in them may use
+``{out_dir}``, filled in at run time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Optional
+
+from . import runtime
+from .config import field, save_config
+from .evaluation import EvalConfig, compare
+from .runtime import RuntimeConfig
+from .trainers.ppo import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
+from .trainers.reward import RMConfig, RMDataConfig
+from .trainers.sft import SFTConfig, SFTDataConfig
+
+
+@dataclasses.dataclass
+class BuiltinConfig:
+    seed: int = field(0, "world seed: another seed gives another catalogue, prompts and labeler")
+    n_train: int = field(2000, "demonstrations")
+    n_prompts: int = field(1000, "prompts for rankings and PPO rollouts")
+    n_heldout: int = field(200, "held-out prompts for the final evaluation")
+    vocab_size: int = field(1000, "sentencepiece vocabulary size")
+
+
+@dataclasses.dataclass
+class RankingsConfig:
+    k: int = field(4, "responses sampled per prompt and ranked (InstructGPT: 4 to 9)")
+    noise: float = field(0.5, "std of the labeler's noise: labelers disagree")
+    max_prompts: int = field(600, "prompts used for rankings (0 = all)")
+    temperature: float = field(1.0, "sampling temperature of the K responses")
+    max_new_tokens: int = field(48, "response length limit")
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    out_dir: str = field("runs/pipeline", "run folder holding every stage's output and the report")
+    builtin: BuiltinConfig = field(BuiltinConfig(), "the built-in task")
+    sft: SFTConfig = field(SFTConfig(
+        tokenizer="{out_dir}/data/tokenizer", out_dir="{out_dir}/sft",
+        data=SFTDataConfig(train="{out_dir}/data/demonstrations.jsonl", max_length=96)), "stage 1")
+    rankings: RankingsConfig = field(RankingsConfig(), "comparison data for stage 2")
+    rm: RMConfig = field(RMConfig(
+        model="{out_dir}/sft/model", out_dir="{out_dir}/rm",
+        data=RMDataConfig(train="{out_dir}/data/rankings.jsonl", max_length=96)), "stage 2")
+    ppo: PPOConfig = field(PPOConfig(
+        policy="{out_dir}/sft/model", reward_model="{out_dir}/rm/model", out_dir="{out_dir}/ppo",
+        data=PPODataConfig(prompts="{out_dir}/data/prompts.jsonl", labeler_world="{out_dir}/data/world.json"),
+        rollout=RolloutConfig(), ppo=PPOAlgoConfig()), "stage 3")
+    eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and PPO")
+    runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed (used by every stage)")
+
+
+def _fill(obj, out_dir: str):
+    """Replace ``{out_dir}`` in every string field of a dataclass tree."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, str) and "{out_dir}" in value:
+            setattr(obj, f.name, value.replace("{out_dir}", out_dir))
+        elif dataclasses.is_dataclass(value):
+            _fill(value, out_dir)
+
+
+def _done(model_dir: str) -> bool:
+    return os.path.isfile(os.path.join(model_dir, "model.safetensors"))
+
+
+def _resume_from(stage_dir: str) -> Optional[str]:
+    return stage_dir if os.path.isfile(os.path.join(stage_dir, "checkpoints", "latest")) else None
+
+
+def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
+    """Run every stage that has not finished yet, then write ``out_dir/report.md``; return the summary."""
+    from .data.builtin.labeler import Labeler
+    from .data.builtin.task import write_builtin_task
+    from .data.builtin.world import load_world
+    from .data.tokenizer import train_tokenizer
+
+    out = os.path.abspath(resume or cfg.out_dir)
+    cfg.out_dir = out
+    _fill(cfg, out)
+    for stage in (cfg.sft, cfg.rm, cfg.ppo):
+        stage.runtime = cfg.runtime
+    os.makedirs(out, exist_ok=True)
+    save_config(cfg, os.path.join(out, "config.yaml"))
+    times: dict = {}
+    data_dir = os.path.join(out, "data")
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        times[name] = time.perf_counter() - t0
+        print(f"[pipeline] {name}: {times[name]:.0f} s", flush=True)
+        return result
+
+    if not os.path.isfile(os.path.join(data_dir, "tokenizer", "tokenizer.model")):
+        b = cfg.builtin
+
+        def make_data():
+            write_builtin_task(data_dir, seed=b.seed, n_train=b.n_train, n_prompts=b.n_prompts, n_heldout=b.n_heldout)
+            train_tokenizer(os.path.join(data_dir, "corpus.txt"), b.vocab_size, os.path.join(data_dir, "tokenizer"))
+
+        timed("data", make_data)
+    if not _done(os.path.join(cfg.sft.out_dir, "model")):
+        from .trainers.sft import train_sft
+
+        timed("sft", lambda: train_sft(cfg.sft, resume=_resume_from(cfg.sft.out_dir)))
+    if not os.path.isfile(cfg.rm.data.train):
+        from .trainers.rankings import sample_rankings
+
+        r = cfg.rankings
+        timed("rankings", lambda: sample_rankings(
+            os.path.join(cfg.sft.out_dir, "model"), os.path.join(data_dir, "prompts.jsonl"), cfg.rm.data.train,
+            k=r.k, noise=r.noise, seed=cfg.runtime.seed, temperature=r.temperature,
+            max_new_tokens=r.max_new_tokens, max_prompts=r.max_prompts, runtime_cfg=cfg.runtime))
+    if not _done(os.path.join(cfg.rm.out_dir, "model")):
+        from .trainers.reward import train_rm
+
+        timed("rm", lambda: train_rm(cfg.rm, resume=_resume_from(cfg.rm.out_dir)))
+    if not _done(os.path.join(cfg.ppo.out_dir, "model")):
+        from .trainers.ppo import train_ppo
+
+        timed("ppo", lambda: train_ppo(cfg.ppo, resume=_resume_from(cfg.ppo.out_dir)))
+
+    def evaluate():
+        from .data.encoding import encode_prompts
+        from .data.formats import load_prompts
+        from .data.tokenizer import Tokenizer
+        from .trainers.reward import load_reward_model
+
+        runtime.setup(cfg.runtime)
+        sft_model = os.path.join(cfg.sft.out_dir, "model")
+        tok = Tokenizer.load(sft_model)
+        prompts = encode_prompts(load_prompts(os.path.join(data_dir, "heldout_prompts.jsonl")), tok,
+                                 cfg.ppo.data.max_prompt_length, skip_invalid=True)
+        return compare({"sft": sft_model, "ppo": os.path.join(cfg.ppo.out_dir, "model")}, sft_model,
+                       load_reward_model(os.path.join(cfg.rm.out_dir, "model")), prompts, cfg.eval,
+                       Labeler(load_world(os.path.join(data_dir, "world.json"))), baseline="sft")
+
+    summary, answers = timed("eval", evaluate)
+    from .report import write_report
+
+    summary["stage_seconds"] = times
+    path = write_report(out, summary, answers, cfg.eval.samples_in_report)
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=1)
+    print(f"[pipeline] report: {path}")
+    return summary

@@ -1,0 +1,85 @@
+"""The pipeline's report: a Markdown page with the held-out comparison, plots and answers side by side."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .trainers.checkpoint import atomic_write_text
+from .trainers.metrics import plot_metrics, read_metrics
+
+PPO_CURVES = ["score", "labeler_score", "kl", "kl_coef", "reward", "entropy", "clipfrac", "approx_kl",
+              "pg_loss", "vf_loss", "explained_var", "response_len"]
+
+
+def _bar_plot(summary: dict, answers: list, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("labeler_score", "rm_score", "kl_to_ref") if all(k in summary[a.name] for a in answers)]
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.4 * (len(keys) + 1), 3.0))
+    for ax, key in zip(axes, keys):
+        ax.bar([a.name for a in answers], [summary[a.name][key] for a in answers], color=["#888", "#2a7"][: len(answers)])
+        ax.set_title(key, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    if answers[0].labeler_scores is not None:
+        ax = axes[-1]
+        bins = np.linspace(min(a.labeler_scores.min() for a in answers), max(a.labeler_scores.max() for a in answers), 16)
+        for a in answers:
+            ax.hist(a.labeler_scores, bins=bins, alpha=0.5, label=a.name)
+        ax.set_title("labeler score per prompt", fontsize=9)
+        ax.legend(fontsize=8)
+    else:
+        axes[-1].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(out_dir: str, summary: dict, answers: list, n_samples: int) -> str:
+    """Write ``out_dir/report.md`` (+ PNGs beside it); return its path."""
+    names = [a.name for a in answers]
+    _bar_plot(summary, answers, os.path.join(out_dir, "report_scores.png"))
+    ppo_metrics = os.path.join(out_dir, "ppo", "metrics.jsonl")
+    plot_metrics(ppo_metrics, os.path.join(out_dir, "report_ppo.png"), PPO_CURVES, "PPO iterations")
+    lines = ["# mindrlhf pipeline report", ""]
+    lines += ["Held-out prompts answered by each policy with the same decoding; the hidden labeler (never seen in",
+              "training) judges. KL to reference = Σ_t log π(y_t) − log π_ref(y_t) over the answer, in nats.", ""]
+    cols = sorted({k for n in names for k in summary[n]})
+    lines += ["| policy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{summary[n].get(c, float('nan')):.3f}" for c in cols) + " |")
+    lines += ["", "![scores](report_scores.png)", ""]
+    if os.path.isfile(ppo_metrics):
+        rows = read_metrics(ppo_metrics)
+        first, last = rows[0], rows[-1]
+        lines += ["## PPO training", "",
+                  f"{len(rows)} logged iterations. Reward-model score of rollouts {first['score']:.3f} → {last['score']:.3f};"
+                  f" KL to reference {first['kl']:.3f} → {last['kl']:.3f}."
+                  + (f" Labeler score of rollouts {first['labeler_score']:.3f} → {last['labeler_score']:.3f}."
+                     if "labeler_score" in last else ""), "", "![ppo](report_ppo.png)", ""]
+    for stage in ("sft", "rm"):
+        if os.path.isfile(os.path.join(out_dir, stage, "metrics.png")):
+            lines += [f"## {stage.upper()} training", "", f"![{stage}]({stage}/metrics.png)", ""]
+    if "stage_seconds" in summary:
+        lines += ["## Wall time", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in summary["stage_seconds"].items()]
+        lines.append("")
+    lines += ["## Answers side by side", "", "| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i in range(min(n_samples, len(answers[0].texts))):
+        prompt = answers[0].prompts[i]
+        cells = []
+        for a in answers:
+            score = f" ({a.labeler_scores[i]:+.1f})" if a.labeler_scores is not None else ""
+            cells.append(_cell(a.texts[i]) + score)
+        lines.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
+    path = os.path.join(out_dir, "report.md")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
