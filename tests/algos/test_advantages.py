@@ -52,7 +52,8 @@ def test_gae_hand_numbers_graph():
     values = t([[0.5, 0.4, 0.2], [1.0, 0.5, 9.0]])  # so does 9.0
     mask = t([[1, 1, 1], [1, 1, 0]])
     # γ = 0.9, λ = 0.5 (γλ = 0.45)
-    # row 0: A2 = 1 − 0.2 = 0.8;  A1 = (0.9·0.2 − 0.4) + 0.45·0.8 = 0.14;  A0 = (0.9·0.4 − 0.5) + 0.45·0.14 = −0.077
+    # row 0: A2 = 1 − 0.2 = 0.8;  A1 = (0.9·0.2 − 0.4) + 0.45·0.8 = 0.14;
+    #        A0 = (0.9·0.4 − 0.5) + 0.45·0.14 = −0.077
     # row 1: A2 = 0 (pad);  A1 = 2 − 0.5 = 1.5;  A0 = (0.9·0.5 − 1.0) + 0.45·1.5 = 0.125
     advantages, returns = FnCell(compute_gae, gamma=0.9, lam=0.5)(rewards, values, mask)
     np.testing.assert_allclose(advantages.asnumpy(), [[-0.077, 0.14, 0.8], [0.125, 1.5, 0.0]], rtol=1e-5, atol=1e-6)
@@ -88,7 +89,8 @@ def test_gae_lambda_zero_is_one_step_td(random_episode):
     rewards, values, mask = random_episode
     advantages, _ = compute_gae(t(rewards), t(values), t(mask), 0.9, 0.0)
     next_values = np.concatenate([values[:, 1:] * mask[:, 1:], np.zeros((3, 1))], -1)
-    np.testing.assert_allclose(advantages.asnumpy(), (rewards + 0.9 * next_values - values) * mask, rtol=1e-5, atol=1e-6)
+    one_step_td = (rewards + 0.9 * next_values - values) * mask
+    np.testing.assert_allclose(advantages.asnumpy(), one_step_td, rtol=1e-5, atol=1e-6)
 
 
 # ---- GRPO ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def test_registry_names():
     assert KL_ESTIMATORS.names() == ["abs", "k1", "k2", "k3"]
 
 
-@pytest.mark.parametrize("name", ["k1", "k3"])
+@pytest.mark.parametrize("name", ["k1", "k2", "k3", "abs"])
 def test_kl_penalty_graph(name):
     got = FnCell(kl_penalty, estimator=name)(t(LOGP), t(REF)).asnumpy()
     np.testing.assert_allclose(got, EXPECTED[name], rtol=1e-5, atol=1e-6)

@@ -78,7 +78,8 @@ V_MASK = np.array([[1, 1, 1, 1, 0]], dtype=np.float64)
 
 def test_value_loss_hand_numbers():
     # ε_v = 0.2:  V^clip = (1.0, 0.8, 2.0, 2.7)
-    #   ½·max((V−R)², (V^clip−R)²) = ½·(0.25, max(0.25, 0.64), 0.25, max(1.0, 0.49)) = (0.125, 0.32, 0.125, 0.5)
+    #   ½·max((V−R)², (V^clip−R)²) = ½·(0.25, max(0.25, 0.64), 0.25, max(1.0, 0.49))
+    #                              = (0.125, 0.32, 0.125, 0.5)
     cell = GradCell(value_loss, clip_range_value=0.2)
     loss, grad = cell(*map(t, (VALUES, OLD_VALUES, RETURNS, V_MASK)))
     assert loss.asnumpy() == pytest.approx((0.125 + 0.32 + 0.125 + 0.5) / 4, rel=1e-5)

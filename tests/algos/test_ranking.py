@@ -36,29 +36,29 @@ LOSS_MIXED = (LOSS_K4 + LOSS_K3 + LOSS_K2) / 3
 def test_ranking_loss_hand_numbers(rewards, expected):
     pynative()
     mask = t(np.ones_like(rewards))
-    assert ranking_loss(t(rewards), mask).asnumpy() == pytest.approx(expected, rel=1e-6)
+    assert ranking_loss(t(rewards), mask).asnumpy() == pytest.approx(expected, rel=1e-5)
 
 
 def test_ranking_loss_margin():
     pynative()
     # −log σ(2 − 1 − 0.5)
     got = ranking_loss(t([[2.0, 1.0]]), t([[1.0, 1.0]]), margin=0.5).asnumpy()
-    assert got == pytest.approx(neg_log_sigmoid(0.5), rel=1e-6)
+    assert got == pytest.approx(neg_log_sigmoid(0.5), rel=1e-5)
 
 
 def test_ranking_loss_mixed_batch_with_padding():
     got = FnCell(ranking_loss)(t(MIXED_REWARDS), t(MIXED_MASK)).asnumpy()
-    assert got == pytest.approx(LOSS_MIXED, rel=1e-6)
+    assert got == pytest.approx(LOSS_MIXED, rel=1e-5)
     pynative()
-    assert ranking_loss(t(MIXED_REWARDS), t(MIXED_MASK)).asnumpy() == pytest.approx(LOSS_MIXED, rel=1e-6)
+    assert ranking_loss(t(MIXED_REWARDS), t(MIXED_MASK)).asnumpy() == pytest.approx(LOSS_MIXED, rel=1e-5)
 
 
 def test_pairwise_accuracy():
     # 6/6, 2/3, 1/1 per prompt (the one-response prompt drops out); a tie counts as wrong
     got = FnCell(pairwise_accuracy)(t(MIXED_REWARDS), t(MIXED_MASK)).asnumpy()
-    assert got == pytest.approx((1 + 2 / 3 + 1) / 3, rel=1e-6)
+    assert got == pytest.approx((1 + 2 / 3 + 1) / 3, rel=1e-5)
     pynative()
-    assert pairwise_accuracy(t([[1.0, 1.0, 0.0]]), t([[1, 1, 1]])).asnumpy() == pytest.approx(2 / 3, rel=1e-6)
+    assert pairwise_accuracy(t([[1.0, 1.0, 0.0]]), t([[1, 1, 1]])).asnumpy() == pytest.approx(2 / 3, rel=1e-5)
 
 
 def explicit_pairs_loss(rewards, mask, margin):

@@ -120,13 +120,8 @@ def test_demonstrations_leave_room_for_rl(task):
     kinds = [labeler.explain(d.prompt, d.response) for d in demos]
     imperfect = np.mean([("wrong_genre" in k) or len(k) <= 1 for k in kinds])  # wrong genre or no detail
     assert 0.2 < imperfect < 0.4
-    ideal = [labeler.score(d.prompt, ideal_response(world, _key(d.prompt, labeler), rng)) for d in demos[:50]]
+    ideal = [labeler.score(d.prompt, ideal_response(labeler, d.prompt, rng)) for d in demos[:50]]
     assert ideal == [labeler.max_score(d.prompt) for d in demos[:50]]
-
-
-def _key(prompt, labeler):
-    genre, seen = labeler.parse_prompt(prompt)
-    return (0, genre, seen.title if seen else None, 0)
 
 
 def test_corpus_covers_the_world(task, tmp_path):

@@ -1,0 +1,192 @@
+"""The built-in task: movie recommendations in a seeded invented world, written as the pipeline's files.
+
+``write_builtin_task(out_dir, seed)`` writes, deterministically for a seed:
+
+- ``demonstrations.jsonl``: decent but imperfect answers (about 55% fully detailed, 15% terse, 15% of the
+  wrong genre, the rest recommending the already-seen title or getting one detail wrong), so SFT learns
+  the format and RLHF has room to improve on it;
+- ``prompts.jsonl``: prompts for RL rollouts (``genre`` and ``seen`` kept as metadata for evaluation);
+- ``heldout_prompts.jsonl``: prompts disjoint from the other two files;
+- ``corpus.txt``: text for training the tokenizer, covering every word of the world;
+- ``world.json``: the catalogue, for :class:`~mindrlhf.data.builtin.labeler.Labeler`.
+
+Prompts are short ("Any good comedies? I've already seen \"Velmor's Garden\".") and so are answers
+(about 10-25 words), so a tiny LM can learn the format in minutes on a CPU.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mindrlhf.data.builtin.world import GENRES, make_world
+from mindrlhf.data.formats import write_jsonl
+
+PROMPT_TEMPLATES = ("I'm in the mood for {a_genre}.", "Any good {genres}?", "Can you recommend {a_genre}?",
+                    "I want to watch {a_genre} tonight.", "Suggest {a_genre} for me, please.",
+                    "What {genres} should I watch?")
+SEEN_TEMPLATES = (" I've already seen \"{seen}\".", " I just watched \"{seen}\".")
+FULL_ANSWERS = ("Try \"{title}\" ({year}), directed by {director}. It is about {description}.",
+                "I recommend \"{title}\", {a_genre} from {year} by {director}.",
+                "You might like \"{title}\" by {director}, about {description}.",
+                "Watch \"{title}\" ({year}), about {description}.")
+TERSE_ANSWERS = ("Try \"{title}\".", "\"{title}\" is a good pick.", "Watch \"{title}\".")
+ACKS = ("Glad you liked \"{seen}\"! ", "Since you saw \"{seen}\", ")
+TEMPLATE_TEXT = PROMPT_TEMPLATES + SEEN_TEMPLATES + FULL_ANSWERS + TERSE_ANSWERS + ACKS
+
+P_SEEN = 0.4  # share of prompts that name a seen title
+P_SEEN_SAME_GENRE = 0.8  # a seen title is usually of the requested genre, where recommending it is tempting
+HELDOUT_FRACTION = 0.15  # share of the prompt space reserved for heldout prompts
+# demonstration kinds and their shares: the imperfect ones leave room for RLHF
+DEMO_KINDS = (("full", 0.55), ("terse", 0.15), ("wrong_genre", 0.15), ("seen_or_partial", 0.07),
+              ("false_detail", 0.08))
+
+
+def _prompt_space(world) -> Tuple[List[tuple], np.ndarray]:
+    """Every prompt the templates can make, as keys ``(template, genre, seen title or None, seen template)``,
+    and the probability of each under the sampling process."""
+    keys, probs = [], []
+    p_template, p_genre = 1 / len(PROMPT_TEMPLATES), 1 / len(world.genres)
+    for t in range(len(PROMPT_TEMPLATES)):
+        for g in world.genres:
+            keys.append((t, g, None, -1))
+            probs.append(p_template * p_genre * (1 - P_SEEN))
+            same = [m.title for m in world.of_genre(g)]
+            other = [m.title for m in world.movies if m.genre != g]
+            for titles, share in ((same, P_SEEN_SAME_GENRE), (other, 1 - P_SEEN_SAME_GENRE)):
+                for title in titles:
+                    for s in range(len(SEEN_TEMPLATES)):
+                        keys.append((t, g, title, s))
+                        probs.append(p_template * p_genre * P_SEEN * share / len(titles) / len(SEEN_TEMPLATES))
+    probs = np.array(probs)
+    return keys, probs / probs.sum()
+
+
+def prompt_text(key: tuple) -> str:
+    t, genre, seen, s = key
+    a_genre, genres, _ = GENRES[genre]
+    text = PROMPT_TEMPLATES[t].format(a_genre=a_genre, genres=genres)
+    return text + (SEEN_TEMPLATES[s].format(seen=seen) if seen is not None else "")
+
+
+def _fill(template: str, movie, seen: Optional[str] = None) -> str:
+    return template.format(title=movie.title, year=movie.year, director=movie.director,
+                           description=movie.description, a_genre=GENRES[movie.genre][0], seen=seen)
+
+
+def _with_ack(ack: str, answer: str, seen: str) -> str:
+    answer = answer if answer.startswith(("I ", "\"")) or ack.endswith("! ") else answer[0].lower() + answer[1:]
+    return ack.format(seen=seen) + answer
+
+
+def ideal_response(labeler, prompt: str, rng: np.random.Generator) -> str:
+    """A best-scoring answer to ``prompt`` (``labeler.max_score(prompt)``): an unseen title of the requested
+    genre with its year, director and description, acknowledging the seen title if there is one."""
+    genre, seen = labeler.parse_prompt(prompt)
+    world = labeler.world
+    movie = _pick(world, rng, genre or world.genres[0], avoid=seen.title if seen else None)
+    answer = _fill(FULL_ANSWERS[0], movie)
+    return _with_ack(ACKS[rng.integers(len(ACKS))], answer, seen.title) if seen else answer
+
+
+def _pick(world, rng, genre: str, avoid: Optional[str] = None, same: bool = True):
+    pool = [m for m in world.movies if (m.genre == genre) == same and m.title != avoid]
+    return pool[rng.integers(len(pool))]
+
+
+def demonstration(world, key: tuple, rng: np.random.Generator) -> str:
+    """One demonstration answer for a prompt key, of a kind drawn with the DEMO_KINDS shares."""
+    _, genre, seen, _ = key
+    kind = DEMO_KINDS[rng.choice(len(DEMO_KINDS), p=[p for _, p in DEMO_KINDS])][0]
+    full = FULL_ANSWERS[rng.integers(len(FULL_ANSWERS))]
+    if kind == "terse":
+        return _fill(TERSE_ANSWERS[rng.integers(len(TERSE_ANSWERS))], _pick(world, rng, genre, avoid=seen))
+    if kind == "wrong_genre":
+        answer = _fill(full, _pick(world, rng, genre, same=False, avoid=seen))
+    elif kind == "seen_or_partial":
+        if seen:  # recommends the very title the user has seen
+            return _fill(full, world.by_title(seen))
+        return _fill("Try \"{title}\" from {year}.", _pick(world, rng, genre))
+    elif kind == "false_detail":
+        movie = _pick(world, rng, genre, avoid=seen)
+        other = _pick(world, rng, genre, same=False)  # a detail borrowed from another title
+        answer = _fill(FULL_ANSWERS[0], movie).replace(movie.director, other.director)
+        if other.director == movie.director:
+            answer = answer.replace(f"({movie.year})", f"({movie.year + 3})")
+    else:
+        answer = _fill(full, _pick(world, rng, genre, avoid=seen))
+    return _with_ack(ACKS[rng.integers(len(ACKS))], answer, seen) if seen else answer
+
+
+def sample_prompts(world, rng: np.random.Generator, n: int, heldout: bool) -> List[tuple]:
+    """``n`` prompt keys from the training part or the heldout part of the prompt space.
+
+    The split is fixed by the world's seed (not by ``rng``), so heldout prompts never occur in training
+    files. Heldout keys are distinct while the heldout part has enough of them.
+    """
+    keys, probs = _prompt_space(world)
+    split_rng = np.random.Generator(np.random.PCG64([world.seed, 7]))
+    reserved = split_rng.random(len(keys)) < HELDOUT_FRACTION
+    part = reserved if heldout else ~reserved
+    idx, p = np.flatnonzero(part), probs[part] / probs[part].sum()
+    distinct = heldout and n <= len(idx)
+    chosen = rng.choice(len(idx), size=n, replace=not distinct, p=p)
+    return [keys[idx[i]] for i in chosen]
+
+
+def corpus_lines(world, demonstrations: Sequence[dict]) -> List[str]:
+    """Tokenizer training text: every catalogue fact in the answer templates, every prompt template
+    for every genre, and the demonstrations."""
+    lines = []
+    for m in world.movies:
+        lines += [_fill(t, m) for t in FULL_ANSWERS + TERSE_ANSWERS]
+        lines += [a.format(seen=m.title) + _fill(FULL_ANSWERS[0], m) for a in ACKS]
+    for g in world.genres:
+        for t in range(len(PROMPT_TEMPLATES)):
+            lines += [prompt_text((t, g, None, -1))] + [prompt_text((t, g, world.movies[0].title, s))
+                                                         for s in range(len(SEEN_TEMPLATES))]
+        lines.append(" ".join(GENRES[g][2]))
+    lines += [d["prompt"] + "\n" + d["response"] for d in demonstrations]
+    return lines
+
+
+def write_builtin_task(out_dir: str, seed: int = 0, n_train: int = 2000, n_prompts: int = 1000,
+                       n_heldout: int = 200, n_titles: int = 48) -> Dict[str, str]:
+    """Write the task files (see module docstring) into ``out_dir``; return ``{name: path}``."""
+    world = make_world(seed, n_titles=n_titles)
+    rng = np.random.Generator(np.random.PCG64([seed, 1]))
+    demos = [{"prompt": prompt_text(k), "response": demonstration(world, k, rng)}
+             for k in sample_prompts(world, rng, n_train, heldout=False)]
+    prompts = [{"prompt": prompt_text(k), "genre": k[1], "seen": k[2]}
+               for k in sample_prompts(world, rng, n_prompts, heldout=False)]
+    heldout = [{"prompt": prompt_text(k), "genre": k[1], "seen": k[2]}
+               for k in sample_prompts(world, rng, n_heldout, heldout=True)]
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: os.path.join(out_dir, name) for name in
+             ("demonstrations.jsonl", "prompts.jsonl", "heldout_prompts.jsonl", "corpus.txt", "world.json")}
+    write_jsonl(paths["demonstrations.jsonl"], demos)
+    write_jsonl(paths["prompts.jsonl"], prompts)
+    write_jsonl(paths["heldout_prompts.jsonl"], heldout)
+    with open(paths["corpus.txt"], "w", encoding="utf-8") as f:
+        f.write("\n".join(corpus_lines(world, demos)) + "\n")
+    world.save(paths["world.json"])
+    return paths
+
+
+def make_rankings(prompts: Sequence[str], responses_per_prompt: Sequence[Sequence[str]], labeler,
+                  rng: np.random.Generator, noise: float = 0.5) -> List[dict]:
+    """Ranking records ``{"prompt", "responses", "ranking"}`` (ranking best first) by the noisy labeler.
+
+    Blank responses (a policy that emitted eos at once) are dropped, since the ranking format rejects
+    them; a prompt left with fewer than 2 distinct responses is skipped: it carries no preference.
+    """
+    if len(prompts) != len(responses_per_prompt):
+        raise ValueError(f"make_rankings: {len(prompts)} prompts but {len(responses_per_prompt)} response lists")
+    records = []
+    for prompt, responses in zip(prompts, responses_per_prompt):
+        kept = [r for r in responses if r.strip()]
+        if len(set(kept)) < 2:
+            continue
+        records.append({"prompt": prompt, "responses": kept, "ranking": labeler.rank(prompt, kept, rng, noise)})
+    return records

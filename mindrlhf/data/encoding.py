@@ -1,0 +1,105 @@
+"""Records -> token ids through the chat template, with the length check.
+
+A sequence longer than the configured maximum is never truncated silently: it is a :class:`DataError`
+naming file:line, or, with ``skip_invalid=True``, skipped and counted on the returned :class:`Records`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+from mindrlhf.data.formats import DataError, Demonstration, PromptRecord, Ranking, Records
+
+
+@dataclass(frozen=True)
+class EncodedSequence:
+    """One prompt+response: ``input_ids`` and the token-aligned ``loss_mask`` (1 on response tokens + eos)."""
+
+    input_ids: List[int]
+    loss_mask: List[int]
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class EncodedRanking:
+    """K encoded responses to one prompt, best first."""
+
+    sequences: Tuple[EncodedSequence, ...]
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Prompt ids as generation is fed them (context + assistant marker); ``meta`` as in the prompt file."""
+
+    input_ids: List[int]
+    text: str
+    meta: dict
+    where: str = ""
+
+
+def _too_long(where: str, what: str, n: int, limit: int, limit_name: str) -> DataError:
+    return DataError(f"{where}: {what} is {n} tokens, longer than {limit_name}={limit}; shorten it, raise "
+                     f"{limit_name}, or pass skip_invalid=True to skip such lines (they are never truncated)")
+
+
+def encode_demonstrations(records: Sequence[Demonstration], tokenizer, max_length: int,
+                          skip_invalid: bool = False) -> Records:
+    """Records of :class:`EncodedSequence` via ``tokenizer.encode_prompt_response``; each must fit max_length."""
+    out = Records(skipped=getattr(records, "skipped", 0), skip_reasons=getattr(records, "skip_reasons", []))
+    for r in records:
+        ids, mask = tokenizer.encode_prompt_response(r.prompt, r.response)
+        if len(ids) > max_length:
+            error = _too_long(r.where, "prompt+response", len(ids), max_length, "max_length")
+            if not skip_invalid:
+                raise error
+            out.note_skip(str(error))
+            continue
+        out.append(EncodedSequence(ids, mask, r.where))
+    _check_not_empty(out, "demonstrations")
+    return out
+
+
+def encode_rankings(records: Sequence[Ranking], tokenizer, max_length: int, skip_invalid: bool = False) -> Records:
+    """Records of :class:`EncodedRanking`; a ranking any of whose K sequences is too long is an error
+    (or skipped whole: dropping one response would change what the ranking says)."""
+    out = Records(skipped=getattr(records, "skipped", 0), skip_reasons=getattr(records, "skip_reasons", []))
+    for r in records:
+        sequences = []
+        for k, response in enumerate(r.responses):
+            ids, mask = tokenizer.encode_prompt_response(r.prompt, response)
+            if len(ids) > max_length:
+                error = _too_long(r.where, f"prompt+response (ranked {k + 1} of {len(r.responses)})",
+                                  len(ids), max_length, "max_length")
+                if not skip_invalid:
+                    raise error
+                out.note_skip(str(error))
+                break
+            sequences.append(EncodedSequence(ids, mask, r.where))
+        else:
+            out.append(EncodedRanking(tuple(sequences), r.where))
+    _check_not_empty(out, "rankings")
+    return out
+
+
+def encode_prompts(records: Sequence[PromptRecord], tokenizer, max_prompt_length: int,
+                   skip_invalid: bool = False) -> Records:
+    """Records of :class:`EncodedPrompt` via ``tokenizer.encode_prompt``; each must fit max_prompt_length."""
+    out = Records(skipped=getattr(records, "skipped", 0), skip_reasons=getattr(records, "skip_reasons", []))
+    for r in records:
+        ids = tokenizer.encode_prompt(r.prompt)
+        if len(ids) > max_prompt_length:
+            error = _too_long(r.where, "prompt", len(ids), max_prompt_length, "max_prompt_length")
+            if not skip_invalid:
+                raise error
+            out.note_skip(str(error))
+            continue
+        out.append(EncodedPrompt(ids, r.prompt, dict(r.meta), r.where))
+    _check_not_empty(out, "prompts")
+    return out
+
+
+def _check_not_empty(out: Records, kind: str) -> None:
+    if not out:
+        first = f"; first: {out.skip_reasons[0]}" if out.skip_reasons else ""
+        raise DataError(f"no {kind} left after the length check ({out.skipped} skipped{first})")
