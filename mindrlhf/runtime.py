@@ -50,8 +50,12 @@ class Runtime:
 
 
 def launched_by_msrun() -> bool:
-    """msrun (and the scheduler it starts) set these for every worker."""
-    return "MS_WORKER_NUM" in os.environ and os.environ.get("MS_ROLE", "MS_WORKER") == "MS_WORKER"
+    """msrun sets MS_ROLE in every process it starts: the workers and the scheduler.
+
+    The scheduler runs this same script; its ``init()`` serves the cluster until the workers finish,
+    so it must call ``init()`` too and never get to train on its own.
+    """
+    return "MS_ROLE" in os.environ and "MS_WORKER_NUM" in os.environ
 
 
 def seed_everything(seed: int) -> None:

@@ -13,6 +13,13 @@ assistant turn is the target: ``encode_prompt_response(prompt, response)`` gives
 what generation is fed. A ``prompt`` is a string (one user turn) or a list of ``{"role", "content"}``
 messages (the turns before the target).
 
+A HuggingFace tokenizer that carries a ``chat_template`` (in ``tokenizer_config.json``, or from a GGUF
+file) follows the model's own template instead: ``encode_chat`` renders it with jinja2 (as transformers'
+``apply_chat_template`` does) and encodes the text, special tokens included; for ChatML that is
+``<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n``. The response boundary stays exact the same
+way: ``encode_prompt_response`` appends ``encode(response) + [eos]`` (eos = ``<|im_end|>`` for ChatML) to
+the rendered prompt, so a response is never merged with the template's text before it.
+
 Note: the role markers are sentencepiece user-defined symbols, so a literal ``<|user|>`` typed in plain
 text is encoded as the marker (and dropped by ``decode(..., skip_special=True)``).
 """
@@ -49,8 +56,12 @@ class Tokenizer:
     @staticmethod
     def load(path: str) -> "Tokenizer":
         """Load a folder holding ``tokenizer.model`` (sentencepiece) or ``tokenizer.json`` (HuggingFace),
-        or one of those files directly."""
+        one of those files directly, a ``.gguf`` file or a GGUF preset name (``smollm2-135m-instruct``)."""
         path = str(path)
+        if path.endswith(".gguf") or not os.path.exists(path):
+            from mindrlhf.nn.gguf import GGUF_PRESETS, gguf_tokenizer
+            if path.endswith(".gguf") or path in GGUF_PRESETS:
+                return gguf_tokenizer(path)
         if os.path.isdir(path):
             if os.path.exists(os.path.join(path, SP_FILE)):
                 return SentencePieceTokenizer(os.path.join(path, SP_FILE))
@@ -189,10 +200,26 @@ class HFTokenizer(Tokenizer):
             import tokenizers
         except ImportError as e:
             raise ImportError(f"loading {json_file} needs the `tokenizers` package: pip install tokenizers") from e
-        self.tok = tokenizers.Tokenizer.from_file(json_file)
-        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
         config_file = os.path.join(os.path.dirname(json_file), HF_CONFIG)
         config = json.load(open(config_file, encoding="utf-8")) if os.path.exists(config_file) else {}
+        template_file = os.path.join(os.path.dirname(json_file), "chat_template.jinja")  # transformers >= 4.5x
+        if "chat_template" not in config and os.path.exists(template_file):
+            config["chat_template"] = open(template_file, encoding="utf-8").read()
+        self._setup(tokenizers.Tokenizer.from_file(json_file), config, json_file, config_file)
+
+    @classmethod
+    def from_parts(cls, tok, config: dict, where: str = "<memory>") -> "HFTokenizer":
+        """From a ``tokenizers.Tokenizer`` and a tokenizer_config-like dict (eos_token, chat_template, ...)."""
+        self = cls.__new__(cls)
+        self._setup(tok, config, where, where)
+        return self
+
+    def _setup(self, tok, config: dict, json_file: str, config_file: str) -> None:
+        self.tok = tok
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.config = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template")
+                       if isinstance(config.get(k), str)}
+        self.chat_template = self.config.get("chat_template")
         self.eos_id = self._special(config.get("eos_token"), self.EOS_NAMES)
         self.bos_id = self._special(config.get("bos_token"), self.BOS_NAMES)
         self.pad_id = self._special(config.get("pad_token"), self.PAD_NAMES)
@@ -215,6 +242,16 @@ class HFTokenizer(Tokenizer):
                 return i
         return None
 
+    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> List[int]:
+        """The model's own chat template when it has one (module docstring), else the role-marker one."""
+        if self.chat_template is None:
+            return super().encode_chat(messages, add_generation_prompt)
+        for i, m in enumerate(messages):
+            if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise ValueError(f"encode_chat: messages[{i}] is {m!r}; expected {{\"role\": str, \"content\": str}}")
+        special = {k: v for k, v in self.config.items() if k.endswith("_token")}
+        return self.encode(render_chat_template(self.chat_template, messages, add_generation_prompt, special))
+
     def _encode_text(self, text: str) -> List[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
@@ -229,8 +266,28 @@ class HFTokenizer(Tokenizer):
         self.tok.save(os.path.join(out_dir, HF_FILE))
         names = {"eos_token": self.eos_id, "bos_token": self.bos_id, "pad_token": self.pad_id}
         config = {k: self.tok.id_to_token(v) for k, v in names.items() if v is not None}
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         with open(os.path.join(out_dir, HF_CONFIG), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=1)
+
+
+def render_chat_template(template: str, messages: Sequence[dict], add_generation_prompt: bool,
+                         special_tokens: Dict[str, str]) -> str:
+    """A HuggingFace/GGUF jinja chat template -> text, rendered the way transformers renders it
+    (sandboxed, ``trim_blocks`` and ``lstrip_blocks``; ``bos_token`` etc. and ``raise_exception`` defined)."""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:
+        raise ImportError("this tokenizer has a chat_template; rendering it needs jinja2: pip install jinja2") from e
+
+    def raise_exception(message):
+        raise ValueError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                            **special_tokens)
 
 
 def train_tokenizer(input_txt: Union[str, Sequence[str]], vocab_size: int, out_dir: str,

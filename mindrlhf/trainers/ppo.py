@@ -24,7 +24,7 @@ from mindspore import nn
 
 from .. import runtime
 from ..algos import AdaptiveKLController, FixedKLController, adapt_kl_penalty, agg_loss, entropy_from_logits
-from ..algos import get_policy_loss, value_loss
+from ..algos import KL_ESTIMATORS, LOSS_AGG_MODES, get_policy_loss, value_loss
 from ..config import field, require, save_config
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
@@ -87,6 +87,10 @@ class PPOAlgoConfig:
 
     def validate(self):
         require(self.policy_loss in ("clip", "kl_penalty"), "ppo.policy_loss", "expected clip or kl_penalty")
+        require(self.kl_estimator in KL_ESTIMATORS.names(), "ppo.kl_estimator",
+                f"expected one of {', '.join(KL_ESTIMATORS.names())}")
+        require(self.loss_agg_mode in LOSS_AGG_MODES, "ppo.loss_agg_mode",
+                f"expected one of {', '.join(LOSS_AGG_MODES)}")
         require(self.epochs >= 1, "ppo.epochs", "must be >= 1")
         require(0 < self.lam <= 1 and 0 < self.gamma <= 1, "ppo.lam", "γ and λ must be in (0, 1]")
 
@@ -113,6 +117,7 @@ class PPOConfig:
         require(bool(self.policy), "policy", "set the SFT model folder, e.g. policy=runs/sft/model")
         require(bool(self.reward_model), "reward_model", "set the reward model folder, e.g. reward_model=runs/rm/model")
         require(self.critic_init in ("reward_model", "policy"), "critic_init", "expected reward_model or policy")
+        require(self.ppo.mini_batch_size >= 1, "ppo.mini_batch_size", "must be >= 1")
         require(self.rollout.batch_size % self.ppo.mini_batch_size == 0, "ppo.mini_batch_size",
                 f"{self.ppo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
 
@@ -157,7 +162,10 @@ def _frozen(cell):
 class PPOTrainer:
     """Holds the four roles, their compiled passes and optimizers; ``iteration()`` runs one PPO iteration."""
 
-    def __init__(self, cfg: PPOConfig):
+    def __init__(self, cfg: PPOConfig, reward_model: Optional[nn.Cell] = None):
+        """``reward_model``: a Cell called like :class:`~mindrlhf.roles.RewardModel` (ids [B, T], mask [B, T],
+        last_index [B]) → scores [B], used instead of the ``cfg.reward_model`` folder (tests score with a
+        known function of the tokens). It has no rm_stats.json to normalise with, nor a trunk for the critic."""
         self.cfg = cfg
         self.rt = runtime.setup(cfg.runtime)
         self.tokenizer = Tokenizer.load(cfg.tokenizer or cfg.policy)
@@ -165,19 +173,20 @@ class PPOTrainer:
         self.actor_lm = load_lm(cfg.policy, vocab)
         self.actor = Policy(self.actor_lm)
         self.reference = _frozen(Policy(load_lm(cfg.policy, vocab)))
-        self.reward_model = _frozen(load_reward_model(cfg.reward_model))
-        self.rm_stats = read_stats(cfg.reward_model) if cfg.ppo.normalize_reward else {}
+        if reward_model is None:
+            self.reward_model = _frozen(load_reward_model(cfg.reward_model))
+            self.rm_stats = read_stats(cfg.reward_model) if cfg.ppo.normalize_reward else {}
+        else:
+            require(cfg.critic_init == "policy", "critic_init",
+                    "a reward model given as a Cell has no folder to start the critic from; set critic_init=policy")
+            self.reward_model, self.rm_stats = _frozen(reward_model), {}
         if cfg.critic_init == "reward_model":
             source = load_reward_model(cfg.reward_model)
             self.critic = Critic(source.trunk)
             self.critic.head = source.head  # the RM's head is a better start than zeros for V
         else:
             self.critic = Critic(load_lm(cfg.policy, vocab))
-        # Parameter names must be unique across the Cells one graph, optimizer or checkpoint sees.
-        for prefix, cell in (("actor", self.actor), ("reference", self.reference), ("critic", self.critic),
-                             ("reward", self.reward_model)):
-            for p in cell.get_parameters():
-                p.name = f"{prefix}.{p.name}"
+        self._name_parameters()
 
         n = cfg.rollout.max_new_tokens
         self.generator = Generator(self.actor_lm)
@@ -205,6 +214,15 @@ class PPOTrainer:
             from ..data.builtin.world import load_world
 
             self.labeler = Labeler(load_world(cfg.data.labeler_world))
+
+    def _name_parameters(self):
+        """Parameter names must be unique across the Cells one graph, optimizer or checkpoint sees, and equal in
+        the run that saves a checkpoint and the one that loads it. A decode Cell built on first use re-prefixes
+        the actor LM's names (MindSpore's auto_prefix), so they are set again before every save."""
+        for prefix, cell in (("actor", self.actor), ("reference", self.reference), ("critic", self.critic),
+                             ("reward", self.reward_model)):
+            for name, p in cell.parameters_and_names():
+                p.name = f"{prefix}.{name}"
 
     # ------------------------------------------------------------------ 1–3: experience
     def make_experience(self, prompts, seed: int) -> tuple[Experience, dict]:
@@ -317,6 +335,7 @@ class PPOTrainer:
             if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.ppo.iterations:
                 state = {"ppo_beta": self.ppo_beta, "kl_coef": self.kl_ctl.kl_coef,
                          "data_order": self.order.state(), "optimizer_steps": self.actor_updater.step_count}
+                self._name_parameters()
                 ckpt.save(done, cells, updaters, state, rt.is_main)
         if bar is not None:
             bar.close()

@@ -77,11 +77,18 @@ def resolve_tokenizer(cfg_tokenizer: str, model: str) -> Tokenizer:
     return Tokenizer.load(source)
 
 
-def split_eval(records, data_cfg, tokenizer, seed):
-    """(train, eval) encoded records: the eval file, or a seeded held-out slice of train."""
+def split_eval(records, data_cfg, tokenizer, seed, encode_file=None):
+    """(train, eval) encoded records: the eval file, or a seeded held-out slice of train.
+
+    ``encode_file(path)`` reads and encodes the eval file; the default reads demonstrations (other
+    stages pass their own format's reader).
+    """
     if data_cfg.eval:
-        held = encode_demonstrations(load_demonstrations(data_cfg.eval, data_cfg.skip_invalid), tokenizer,
-                                     data_cfg.max_length, data_cfg.skip_invalid)
+        if encode_file is None:
+            held = encode_demonstrations(load_demonstrations(data_cfg.eval, data_cfg.skip_invalid), tokenizer,
+                                         data_cfg.max_length, data_cfg.skip_invalid)
+        else:
+            held = encode_file(data_cfg.eval)
         return list(records), list(held)
     perm = np.random.default_rng(seed).permutation(len(records))
     n_eval = int(round(len(records) * data_cfg.eval_fraction))

@@ -1,0 +1,299 @@
+"""Compiled generation: prefill + KV-cache decode, the whole decode loop in one graph.
+
+Shapes are static per call: prompts are left-padded to a multiple of `prompt_bucket` and the batch
+is padded to a bucket size, so a run compiles a handful of graphs. The key/value cache is a set of
+preallocated Parameters [B, KV, P + max_new_tokens, D] per layer (one `KVCache` per shape bucket),
+written in place. The model's weights are Parameters read by the graph, so a weight update (PPO
+between rollouts) is seen by the next call without recompiling.
+
+Why one graph for the whole loop: with the loop inside the graph, N tokens cost one call instead of
+N calls with their launch and host round trips; the loop is a `while` over a step-counter tensor, so
+it is compiled once as a loop, not unrolled N times. It measured 2-5x faster per token than one
+compiled call per step. Why in-place caches: with caches as loop-carried tensors, a compiled while
+loop kept every step's new cache alive (peak memory grew by one cache per token: >18 GB for GPT-2
+small, batch 8, 128 tokens). `decode_graph="step"` keeps the per-step form (one compiled call per
+token, same caches) as a fallback.
+"""
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from mindrlhf.nn.model import positions_from_mask
+from mindrlhf.nn.sampling import filter_top_k, filter_top_p, sample_inverse_cdf, token_logprob
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    do_sample: bool = False          # False: greedy (argmax); temperature/top_k/top_p are ignored
+    temperature: float = 1.0         # logits / temperature before filtering and sampling
+    top_k: int = 0                   # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0               # nucleus mass; 1.0 = off
+    eos_token_id: Optional[int] = None  # None: always generate max_new_tokens
+    pad_token_id: int = 0            # written after EOS and used to left-pad prompts
+    seed: int = 0                    # same seed -> same samples
+
+    def validate(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"GenerationConfig.max_new_tokens={self.max_new_tokens}; must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"GenerationConfig.temperature={self.temperature}; must be > 0 when do_sample "
+                             "(use do_sample=False for greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"GenerationConfig.top_p={self.top_p}; must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"GenerationConfig.top_k={self.top_k}; must be >= 0 (0 = off)")
+
+
+@dataclass
+class GenerationOutput:
+    prompt_ids: np.ndarray      # [B, P] int32, left-padded with pad_token_id; P = the bucketed prompt length
+    prompt_mask: np.ndarray     # [B, P] int32, 1 = prompt token
+    response_ids: np.ndarray    # [B, N] int32, N = max_new_tokens; pad_token_id after EOS
+    response_mask: np.ndarray   # [B, N] int32, 1 up to and including EOS
+    logprobs: np.ndarray        # [B, N] fp32, log-prob of each chosen token (0 where response_mask is 0)
+
+
+class KVCache(nn.Cell):
+    """Per-layer key and value caches, Parameters [B, KV, S, D] updated in place by prefill/decode_step."""
+    _count = 0
+
+    def __init__(self, model_config, batch: int, cache_len: int):
+        super().__init__()
+        KVCache._count += 1  # unique parameter names across the caches of one process
+        shape = (batch, model_config.num_kv_heads, cache_len, model_config.head_dim)
+
+        def zeros(kind, layer):
+            return Parameter(Tensor(np.zeros(shape, np.float32)), name=f"kv_cache{KVCache._count}.{kind}.{layer}",
+                             requires_grad=False)
+        self.keys = ParameterTuple([zeros("k", i) for i in range(model_config.num_layers)])
+        self.values = ParameterTuple([zeros("v", i) for i in range(model_config.num_layers)])
+
+
+class TokenChooser(nn.Cell):
+    """Next token from logits [B, V]: construct(logits, u [B], temperature, top_p) -> (token [B] int32, logprob [B]).
+
+    `logprob` is log softmax(logits / temperature) at the chosen token: temperature applied, top-k/top-p
+    filtering not (greedy: plain log softmax). PPO recomputes old log-probs in its scoring pass anyway."""
+
+    def __init__(self, config: GenerationConfig, vocab_size: int):
+        super().__init__()
+        self.do_sample = config.do_sample
+        self.top_k = min(config.top_k, vocab_size)
+        self.use_top_p = config.top_p < 1.0
+
+    def construct(self, logits, u, temperature, top_p):
+        if not self.do_sample:
+            token = ops.argmax(logits, -1).astype(ms.int32)
+            return token, token_logprob(logits, token)
+        scaled = logits / temperature
+        filtered = scaled
+        if self.top_k > 0:
+            filtered = filter_top_k(filtered, self.top_k)
+        if self.use_top_p:
+            filtered = filter_top_p(filtered, top_p)
+        token = sample_inverse_cdf(filtered, u)
+        return token, token_logprob(scaled, token)
+
+
+class DecodeLoop(nn.Cell):
+    """prefill + max_new_tokens decode steps + sampling in one graph.
+
+    construct(prompt_ids [B, P], prompt_mask [B, P], uniforms [N, B], temperature, top_p)
+      -> (tokens [B, N] int32, response_mask [B, N] int32, logprobs [B, N] fp32)"""
+
+    def __init__(self, model, config: GenerationConfig, cache: KVCache):
+        super().__init__()
+        self.model = model
+        self.n = config.max_new_tokens
+        self.chooser = TokenChooser(config, model.vocab_size)
+        self.cache = cache
+        self.eos = -1 if config.eos_token_id is None else config.eos_token_id
+        self.pad = config.pad_token_id
+
+    def record(self, step, logits, u, temperature, top_p, done, tokens, masks, logprobs):
+        """Choose the step-th token, write it into column `step` (pad after EOS), update done [B] bool."""
+        token, logprob = self.chooser(logits, u, temperature, top_p)
+        alive = ops.logical_not(done)
+        token = ops.select(alive, token, ops.full_like(token, self.pad))
+        logprob = ops.select(alive, logprob, ops.zeros_like(logprob))
+        column = (ops.arange(0, self.n, 1, dtype=ms.int32) == step).expand_dims(0)  # [1, N]
+        shape = tokens.shape
+        tokens = ops.select(ops.broadcast_to(column, shape), ops.broadcast_to(token.expand_dims(1), shape), tokens)
+        masks = ops.select(ops.broadcast_to(column, shape), ops.broadcast_to(alive.astype(ms.int32).expand_dims(1),
+                                                                              shape), masks)
+        logprobs = ops.select(ops.broadcast_to(column, shape), ops.broadcast_to(logprob.expand_dims(1), shape),
+                              logprobs)
+        done = ops.logical_or(done, token == self.eos)
+        return token, done, tokens, masks, logprobs
+
+    def construct(self, prompt_ids, prompt_mask, uniforms, temperature, top_p):
+        b, p = prompt_ids.shape
+        s = p + self.n
+        mask = prompt_mask.astype(ms.int32)
+        logits = self.model.prefill(prompt_ids, mask, self.cache.keys, self.cache.values)
+        key_mask = ops.concat((mask, ops.zeros((b, self.n), ms.int32)), 1)   # [B, S]
+        position = mask.sum(1).astype(ms.int32)                               # next position per row
+        slots = ops.arange(0, s, 1, dtype=ms.int32).expand_dims(0)
+        done = ops.zeros((b,), ms.bool_)
+        tokens = ops.fill(ms.int32, (b, self.n), self.pad)  # already right for steps skipped after all rows end
+        masks = ops.zeros((b, self.n), ms.int32)
+        logprobs = ops.zeros((b, self.n), ms.float32)
+        token, done, tokens, masks, logprobs = self.record(0, logits, uniforms[0], temperature, top_p,
+                                                           done, tokens, masks, logprobs)
+        step = Tensor(1, ms.int32)
+        while ops.logical_and(step < self.n, ops.logical_not(done.all())):
+            slot = p + step - 1                        # the cache slot of the token just chosen
+            key_mask = ops.maximum(key_mask, (slots == slot).astype(ms.int32))
+            logits = self.model.decode_step(token, position, key_mask, slot, self.cache.keys, self.cache.values)
+            position = position + 1
+            u = ops.gather(uniforms, step, 0)
+            token, done, tokens, masks, logprobs = self.record(step, logits, u, temperature, top_p,
+                                                               done, tokens, masks, logprobs)
+            step = step + 1
+        return tokens, masks, logprobs
+
+
+class PrefillStep(nn.Cell):
+    """Fallback form, first call: prompt -> (first token, its log-prob); fills the cache."""
+
+    def __init__(self, model, config: GenerationConfig, cache: KVCache):
+        super().__init__()
+        self.model = model
+        self.chooser = TokenChooser(config, model.vocab_size)
+        self.cache = cache
+
+    def construct(self, prompt_ids, prompt_mask, u, temperature, top_p):
+        logits = self.model.prefill(prompt_ids, prompt_mask, self.cache.keys, self.cache.values)
+        return self.chooser(logits, u, temperature, top_p)
+
+
+class DecodeStep(nn.Cell):
+    """Fallback form, one call per token: feed `token`, return the next (token, log-prob)."""
+
+    def __init__(self, model, config: GenerationConfig, cache: KVCache):
+        super().__init__()
+        self.model = model
+        self.chooser = TokenChooser(config, model.vocab_size)
+        self.cache = cache
+
+    def construct(self, token, position, key_mask, slot, u, temperature, top_p):
+        logits = self.model.decode_step(token, position, key_mask, slot, self.cache.keys, self.cache.values)
+        return self.chooser(logits, u, temperature, top_p)
+
+
+def _host_loop(prefill, step_fn, ids, mask, uniforms, temperature, top_p, config):
+    """The per-step form's loop on the host; same outputs as DecodeLoop."""
+    b, p = ids.shape
+    n = config.max_new_tokens
+    eos = -1 if config.eos_token_id is None else config.eos_token_id
+    tokens, masks = np.zeros((b, n), np.int32), np.zeros((b, n), np.int32)
+    logprobs = np.zeros((b, n), np.float32)
+    key_mask = np.concatenate([mask, np.zeros((b, n), np.int32)], 1)
+    position = mask.sum(1).astype(np.int32)
+    done = np.zeros(b, bool)
+    token, logprob = prefill(Tensor(ids), Tensor(mask), Tensor(uniforms[0]), temperature, top_p)
+    for step in range(n):
+        token = np.where(done, config.pad_token_id, token.asnumpy()).astype(np.int32)
+        tokens[:, step], masks[:, step] = token, ~done
+        logprobs[:, step] = np.where(done, 0.0, logprob.asnumpy())
+        done |= token == eos
+        if step == n - 1 or done.all():
+            tokens[:, step + 1:] = config.pad_token_id
+            break
+        key_mask[:, p + step] = 1
+        token, logprob = step_fn(Tensor(token), Tensor(position + step), Tensor(key_mask), Tensor(p + step, ms.int32),
+                                 Tensor(uniforms[step + 1]), temperature, top_p)
+    return tokens, masks, logprobs
+
+
+def bucket(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def batch_bucket(b: int) -> int:
+    """1, 2, 4, 8, then multiples of 8: few distinct batch shapes, at most 2x (small) or +7 rows of waste."""
+    if b <= 8:
+        return 1 << (b - 1).bit_length()
+    return bucket(b, 8)
+
+
+class Generator:
+    """Reusable generation for one model. A compiled loop and its KV cache are kept per (batch bucket,
+    prompt bucket, sampling setup); `clear()` frees them."""
+
+    def __init__(self, model, prompt_bucket: int = 16, decode_graph: str = "loop"):
+        if decode_graph not in ("loop", "step"):
+            raise ValueError(f"Generator: decode_graph={decode_graph!r}; expected 'loop' (whole decode loop in one "
+                             "graph) or 'step' (one compiled call per token)")
+        self.model = model
+        self.prompt_bucket = prompt_bucket
+        self.decode_graph = decode_graph
+        self._loops = {}
+
+    def clear(self):
+        self._loops.clear()
+
+    def _loop(self, config: GenerationConfig, batch: int, prompt_len: int):
+        key = (batch, prompt_len, config.max_new_tokens, config.do_sample, config.top_k if config.do_sample else 0,
+               config.do_sample and config.top_p < 1.0, config.eos_token_id, config.pad_token_id)
+        if key not in self._loops:
+            cache = KVCache(self.model.config, batch, prompt_len + config.max_new_tokens)
+            if self.decode_graph == "loop":
+                self._loops[key] = DecodeLoop(self.model, config, cache)
+            else:
+                self._loops[key] = (PrefillStep(self.model, config, cache), DecodeStep(self.model, config, cache))
+        return self._loops[key]
+
+    def generate(self, prompts, config: GenerationConfig) -> GenerationOutput:
+        """prompts: a list of token-id lists, or (ids [B, P], mask [B, P]) left-padded arrays."""
+        config.validate()
+        prompts = _as_lists(prompts)
+        b = len(prompts)
+        longest = max(len(x) for x in prompts)
+        limit = self.model.config.max_position_embeddings
+        if longest + config.max_new_tokens > limit:
+            raise ValueError(f"generate: longest prompt ({longest}) + max_new_tokens ({config.max_new_tokens}) "
+                             f"exceeds the model's max_position_embeddings ({limit})")
+        p, bb = bucket(longest, self.prompt_bucket), batch_bucket(b)
+        ids = np.full((bb, p), config.pad_token_id, np.int32)
+        mask = np.zeros((bb, p), np.int32)
+        for i, x in enumerate(prompts):
+            ids[i, p - len(x):] = x
+            mask[i, p - len(x):] = 1
+        mask[b:, -1] = 1  # filler rows: a one-token prompt of padding, dropped below
+        rng = np.random.default_rng(config.seed)
+        # cap below 1 so u * cdf_last < cdf_last strictly in fp32
+        uniforms = np.minimum(rng.random((config.max_new_tokens, bb)), 0.99999).astype(np.float32)
+        temperature = Tensor(config.temperature if config.do_sample else 1.0, ms.float32)
+        top_p = Tensor(config.top_p, ms.float32)
+        graphs = self._loop(config, bb, p)
+        if self.decode_graph == "loop":
+            tokens, masks, logprobs = (x.asnumpy() for x in graphs(Tensor(ids), Tensor(mask), Tensor(uniforms),
+                                                                   temperature, top_p))
+        else:
+            tokens, masks, logprobs = _host_loop(*graphs, ids, mask, uniforms, temperature, top_p, config)
+        return GenerationOutput(prompt_ids=ids[:b], prompt_mask=mask[:b], response_ids=tokens[:b],
+                                response_mask=masks[:b], logprobs=logprobs[:b])
+
+
+def generate(model, prompts, config: GenerationConfig) -> GenerationOutput:
+    """One-off generation; keep a Generator instead to reuse compiled graphs across calls."""
+    return Generator(model).generate(prompts, config)
+
+
+def _as_lists(prompts) -> list:
+    if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], np.ndarray):
+        ids, mask = prompts
+        if ids.shape != mask.shape or ids.ndim != 2:
+            raise ValueError(f"generate: ids {ids.shape} and mask {mask.shape} must both be [B, P]")
+        prompts = [row[m.astype(bool)].tolist() for row, m in zip(ids, mask)]
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError("generate: prompts must be a non-empty list of token-id lists or an (ids, mask) pair")
+    for i, x in enumerate(prompts):
+        if len(x) == 0:
+            raise ValueError(f"generate: prompt {i} is empty; every prompt needs at least one token")
+    return [list(map(int, x)) for x in prompts]

@@ -1,0 +1,205 @@
+"""The building blocks of the decoder, in the order data flows through them.
+
+Parameters are fp32; matmuls run in the config's compute dtype; norms, softmax and the
+residual stream stay fp32. Weight layouts follow torch's `nn.Linear` ([out, in]) so HuggingFace
+tensors copy across without reshuffling.
+"""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+DTYPES = {"float32": ms.float32, "bfloat16": ms.bfloat16, "float16": ms.float16}
+# Finite, not -inf: a query row whose keys are all padding (a left pad) must give finite garbage, not NaN.
+MASK_VALUE = -1e9
+INIT_STD = 0.02  # GPT-2 / Llama initializer range
+
+
+def _param(shape, init):
+    return Parameter(initializer(init, shape, ms.float32))
+
+
+class Linear(nn.Cell):
+    """y = x W^T + b, W [out, in]; the product is computed in `compute_dtype`, returned in fp32."""
+
+    def __init__(self, in_features, out_features, bias, compute_dtype):
+        super().__init__()
+        self.out_features = out_features
+        self.weight = _param((out_features, in_features), Normal(INIT_STD))
+        self.bias = _param((out_features,), "zeros") if bias else None
+        self.dtype = DTYPES[compute_dtype]
+        self.cast = compute_dtype != "float32"
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.cast:
+            y = self.matmul(x2.astype(self.dtype), self.weight.astype(self.dtype)).astype(ms.float32)
+        else:
+            y = self.matmul(x2, self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(lead + (self.out_features,))
+
+
+class Embedding(nn.Cell):
+    """Row lookup: weight [num, dim]; ids [...] -> [..., dim]."""
+
+    def __init__(self, num, dim):
+        super().__init__()
+        self.weight = _param((num, dim), Normal(INIT_STD))
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class RMSNorm(nn.Cell):
+    """y = x / sqrt(mean(x^2) + eps) * g   (Zhang & Sennrich, 2019)."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = _param((dim,), "ones")
+        self.eps = eps
+
+    def construct(self, x):
+        variance = ops.mean(ops.square(x), -1, keep_dims=True)
+        return x * ops.rsqrt(variance + self.eps) * self.weight
+
+
+class LayerNorm(nn.Cell):
+    """y = (x - mean) / sqrt(var + eps) * g + b; the fused CPU kernel behind `nn.LayerNorm`."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = _param((dim,), "ones")
+        self.bias = _param((dim,), "zeros")
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        y, _, _ = self.layer_norm(x, self.weight, self.bias)
+        return y
+
+
+def rope_tables(max_positions, head_dim, theta):
+    """cos/sin tables [max_positions, head_dim] for RoPE (Su et al., 2021), half-split layout:
+    angle(p, i) = p * theta^(-2i/d) for i < d/2, repeated for the second half."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    angles = np.outer(np.arange(max_positions, dtype=np.float64), inv_freq)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return Tensor(np.cos(angles).astype(np.float32)), Tensor(np.sin(angles).astype(np.float32))
+
+
+def apply_rope(x, cos, sin):
+    """x' = x * cos + rotate_half(x) * sin, rotate_half([a, b]) = [-b, a]; x [B, h, T, D], cos/sin [B, 1, T, D]."""
+    half = x.shape[-1] // 2
+    rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Cell):
+    """Causal self-attention with grouped-query heads: query head h reads key/value head h // groups."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.groups = cfg.num_heads // cfg.num_kv_heads
+        self.use_rope = cfg.arch == "llama"
+        qkv_bias = cfg.arch == "gpt2" or cfg.qkv_bias
+        q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.q_size, self.kv_size = q_size, kv_size
+        # q, k and v in one matmul: rows [q | k | v] of the fused weight
+        self.qkv_proj = Linear(cfg.hidden_size, q_size + 2 * kv_size, qkv_bias, cfg.compute_dtype)
+        self.o_proj = Linear(q_size, cfg.hidden_size, cfg.arch == "gpt2", cfg.compute_dtype)
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.dtype = DTYPES[cfg.compute_dtype]
+        self.cast = cfg.compute_dtype != "float32"
+        self.bmm_qk = ops.BatchMatMul(transpose_b=True)
+        self.bmm_pv = ops.BatchMatMul()
+
+    def project(self, x, cos, sin):
+        """x [B, T, hidden] -> q [B, H, T, D], k and v [B, KV, T, D] (RoPE applied for llama)."""
+        b, t = x.shape[0], x.shape[1]
+        qkv = self.qkv_proj(x)
+        q = qkv[:, :, :self.q_size].reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = qkv[:, :, self.q_size:self.q_size + self.kv_size]
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = qkv[:, :, self.q_size + self.kv_size:]
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        if self.use_rope:
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
+        return q, k, v
+
+    def attend(self, q, k, v, bias):
+        """softmax(q k^T / sqrt(D) + bias) v, then the output projection; bias [B, 1, T, S] additive."""
+        b, t = q.shape[0], q.shape[2]
+        if self.groups > 1:
+            k = self._repeat_kv(k)
+            v = self._repeat_kv(v)
+        if self.cast:
+            q, k, v = q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
+        scores = self.bmm_qk(q, k).astype(ms.float32) * self.scale + bias
+        probs = ops.softmax(scores, -1)
+        out = self.bmm_pv(probs.astype(v.dtype), v).astype(ms.float32)
+        out = out.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+    def _repeat_kv(self, x):
+        b, kv, s, d = x.shape
+        x = ops.broadcast_to(x.reshape(b, kv, 1, s, d), (b, kv, self.groups, s, d))
+        return x.reshape(b, kv * self.groups, s, d)
+
+
+class MLP(nn.Cell):
+    """gpt2: down(gelu_tanh(up(x)));  llama: down(silu(gate(x)) * up(x)), gate and up fused as [gate | up]."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.gated = cfg.arch == "llama"
+        width = cfg.intermediate_size
+        self.width = width
+        bias = cfg.arch == "gpt2"
+        self.up_proj = Linear(cfg.hidden_size, 2 * width if self.gated else width, bias, cfg.compute_dtype)
+        self.down_proj = Linear(width, cfg.hidden_size, bias, cfg.compute_dtype)
+
+    def construct(self, x):
+        h = self.up_proj(x)
+        if self.gated:
+            h = ops.silu(h[:, :, :self.width]) * h[:, :, self.width:]
+        else:
+            h = ops.gelu(h, approximate="tanh")
+        return self.down_proj(h)
+
+
+class DecoderLayer(nn.Cell):
+    """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        norm = LayerNorm if cfg.arch == "gpt2" else RMSNorm
+        self.attn_norm = norm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = norm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def construct(self, x, cos, sin, bias):
+        """Full-sequence pass; returns the new hidden state and this layer's keys/values [B, KV, T, D]."""
+        q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
+        x = x + self.attn.attend(q, k, v, bias)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, k, v
+
+    def decode(self, x, cos, sin, bias, k_cache, v_cache, write_index):
+        """One new token per row: write its key/value into the cache Parameters [B, KV, S, D] in place at
+        `write_index` [B * KV, 3] (rows (b, h, slot)), then attend over the whole static-size cache
+        (bias hides empty and padded slots). In place, because a functional update makes a new cache per
+        step, and a compiled while loop kept every one of them alive (memory grew by a cache per token)."""
+        q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
+        k_all = ops.scatter_nd_update(k_cache, write_index, k.reshape(-1, k.shape[-1]))
+        v_all = ops.scatter_nd_update(v_cache, write_index, v.reshape(-1, v.shape[-1]))
+        x = x + self.attn.attend(q, k_all, v_all, bias)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x

@@ -1,0 +1,197 @@
+"""CausalLM: one decoder-only language model Cell for the GPT-2 and Llama/Qwen2 families.
+
+Read top to bottom: embeddings -> N pre-norm decoder layers -> final norm -> LM head.
+Padding is on the left; positions come from the attention mask, so a left-padded row computes
+exactly what the same tokens would compute alone:
+    position_t = max(cumsum(mask)_t - 1, 0)
+and attention is allowed from query t to key s iff s <= t and mask_s == 1.
+"""
+import os
+import tempfile
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from mindrlhf.nn.config import ModelConfig
+from mindrlhf.nn.layers import MASK_VALUE, DecoderLayer, Embedding, LayerNorm, Linear, RMSNorm, rope_tables
+
+
+def positions_from_mask(mask):
+    """mask [B, T] (1 real, 0 pad) -> positions [B, T] int32: cumsum(mask) - 1, clamped at 0."""
+    return ops.maximum(ops.cumsum(mask, 1) - 1, 0)
+
+
+class CausalLM(nn.Cell):
+    """Decoder LM. construct(input_ids [B, T], attention_mask [B, T] or None) -> logits [B, T, vocab] fp32."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.gpt2 = config.arch == "gpt2"
+        self.tied = config.tie_word_embeddings
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        if self.gpt2:
+            self.embed_positions = Embedding(config.max_position_embeddings, config.hidden_size)
+            self.rope_cos, self.rope_sin = Tensor(np.zeros(1, np.float32)), Tensor(np.zeros(1, np.float32))
+        else:
+            self.rope_cos, self.rope_sin = rope_tables(config.max_position_embeddings, config.head_dim,
+                                                       config.rope_theta)
+        self.layers = nn.CellList([DecoderLayer(config) for _ in range(config.num_layers)])
+        norm = LayerNorm if self.gpt2 else RMSNorm
+        self.final_norm = norm(config.hidden_size, config.norm_eps)
+        if not self.tied:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, False, config.compute_dtype)
+        self.head_matmul = ops.MatMul(transpose_b=True)
+        self.head_cast = config.compute_dtype != "float32"
+        self.head_dtype = self.layers[0].attn.dtype
+
+    # ---- full-sequence forward -------------------------------------------------------------
+    def construct(self, input_ids, attention_mask=None):
+        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask))
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        """Final-normed hidden states [B, T, hidden]; heads (value, reward) sit on these."""
+        x, _, _ = self._run_layers(input_ids, attention_mask)
+        return self.final_norm(x)
+
+    def logits_from_hidden(self, hidden):
+        """hidden [..., hidden] -> logits [..., vocab] fp32."""
+        if not self.tied:
+            return self.lm_head(hidden)
+        lead = hidden.shape[:-1]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        weight = self.embed_tokens.weight
+        if self.head_cast:
+            logits = self.head_matmul(flat.astype(self.head_dtype), weight.astype(self.head_dtype))
+            logits = logits.astype(ms.float32)
+        else:
+            logits = self.head_matmul(flat, weight)
+        return logits.reshape(lead + (self.vocab_size,))
+
+    def _embed(self, input_ids, positions):
+        x = self.embed_tokens(input_ids)
+        if self.gpt2:
+            x = x + self.embed_positions(positions)
+            return x, self.rope_cos, self.rope_sin
+        cos = ops.gather(self.rope_cos, positions, 0).expand_dims(1)  # [B, 1, T, D]
+        sin = ops.gather(self.rope_sin, positions, 0).expand_dims(1)
+        return x, cos, sin
+
+    def _run_layers(self, input_ids, attention_mask):
+        """Embeddings and all layers; returns (x [B, T, hidden] before the final norm, keys, values)
+        with keys/values tuples of per-layer [B, KV, T, D]."""
+        if attention_mask is None:
+            attention_mask = ops.ones_like(input_ids)
+        mask = attention_mask.astype(ms.int32)
+        x, cos, sin = self._embed(input_ids, positions_from_mask(mask))
+        t = input_ids.shape[1]
+        causal = ops.tril(ops.ones((t, t), ms.int32))                           # [T, T]
+        allowed = causal.expand_dims(0) * mask.expand_dims(1)                   # [B, T(q), T(k)]
+        bias = ((1 - allowed).astype(ms.float32) * MASK_VALUE).expand_dims(1)   # [B, 1, T, T]
+        keys, values = (), ()
+        for layer in self.layers:
+            x, k, v = layer(x, cos, sin, bias)
+            keys += (k,)
+            values += (v,)
+        return x, keys, values
+
+    # ---- cache-aware forward (used by mindrlhf.nn.generate) -----------------------------------
+    def prefill(self, input_ids, attention_mask, k_caches, v_caches):
+        """Run the prompt [B, P], store its keys/values in slots [0, P) of the cache Parameters
+        (tuples of per-layer [B, KV, S, D], see `KVCache`; later slots are zeroed) and return the
+        last position's logits [B, vocab]."""
+        x, keys, values = self._run_layers(input_ids, attention_mask)
+        b, p = input_ids.shape
+        for i in range(len(keys)):
+            cache = k_caches[i]
+            zeros = ops.zeros((b, cache.shape[1], cache.shape[2] - p, cache.shape[3]), ms.float32)
+            ops.assign(k_caches[i], ops.concat((keys[i], zeros), 2))
+            ops.assign(v_caches[i], ops.concat((values[i], zeros), 2))
+        return self.logits_from_hidden(self.final_norm(x[:, -1:, :]))[:, 0, :]
+
+    def decode_step(self, token, position, key_mask, write_pos, k_caches, v_caches):
+        """One token per row. token, position [B] int32; key_mask [B, S] (1 = slot may be attended,
+        including the slot being written); write_pos: scalar int32 slot the token's key/value go to.
+        Updates the caches in place and returns the next-token logits [B, vocab]."""
+        b, s = key_mask.shape
+        kv = k_caches[0].shape[1]
+        rows = ops.broadcast_to(ops.arange(0, b, 1, dtype=ms.int32).reshape(b, 1, 1), (b, kv, 1))
+        heads = ops.broadcast_to(ops.arange(0, kv, 1, dtype=ms.int32).reshape(1, kv, 1), (b, kv, 1))
+        slots = ops.broadcast_to(write_pos.reshape(1, 1, 1), (b, kv, 1))
+        write_index = ops.concat((rows, heads, slots), -1).reshape(b * kv, 3)
+        x, cos, sin = self._embed(token.expand_dims(1), position.expand_dims(1))
+        bias = ((1 - key_mask.astype(ms.float32)) * MASK_VALUE).reshape(b, 1, 1, s)
+        i = 0
+        for layer in self.layers:
+            x = layer.decode(x, cos, sin, bias, k_caches[i], v_caches[i], write_index)
+            i += 1
+        return self.logits_from_hidden(self.final_norm(x))[:, 0, :]
+
+    # ---- weights ----------------------------------------------------------------------------
+    def named_weights(self):
+        """[(our name, Parameter)] relative to this model, whatever Cell it is nested in."""
+        return list(self.parameters_and_names())
+
+    def num_parameters(self) -> int:
+        return int(sum(np.prod(p.shape) for _, p in self.named_weights()))
+
+    def save_weights(self, path):
+        """Our parameter names -> a safetensors file, written atomically (temp file + os.replace)."""
+        from safetensors.numpy import save_file
+        tensors = {name: p.asnumpy() for name, p in self.named_weights()}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "mindrlhf"}))
+
+    def load_weights(self, path):
+        from mindrlhf.nn.hf import read_safetensors
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"load_weights: no weights file at {path}")
+        self.assign_weights(read_safetensors(path), source=str(path))
+
+    def assign_weights(self, tensors: dict, source="<dict>"):
+        """Copy numpy arrays named like `named_weights()` into the parameters; names and shapes must match."""
+        params = dict(self.named_weights())
+        missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"{source}: weights do not match the model; missing {missing[:8]}"
+                             f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}")
+        for name, p in params.items():
+            arr = tensors[name]
+            if tuple(arr.shape) != tuple(p.shape):
+                raise ValueError(f"{source}: {name} has shape {tuple(arr.shape)}, the model expects {tuple(p.shape)}")
+            p.set_data(Tensor(np.ascontiguousarray(arr, dtype=np.float32)))
+
+    @classmethod
+    def from_pretrained(cls, path, compute_dtype=None) -> "CausalLM":
+        """Load a HuggingFace folder (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM), a llama.cpp
+        `.gguf` file (dequantized to fp32), or a GGUF preset name such as `smollm2-135m-instruct`."""
+        from mindrlhf.nn.gguf import is_gguf, load_gguf
+        from mindrlhf.nn.hf import load_hf_folder
+        config, tensors = load_gguf(path) if is_gguf(path) else load_hf_folder(path)
+        if compute_dtype is not None:
+            config.compute_dtype = compute_dtype
+            config.validate()
+        model = cls(config)
+        model.assign_weights(tensors, source=str(path))
+        return model
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads."""
+        from mindrlhf.nn.hf import save_hf_folder
+        save_hf_folder(self.config, {n: p.asnumpy() for n, p in self.named_weights()}, directory)
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path) then os.replace(tmp_path, path), so readers never see a half-written file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

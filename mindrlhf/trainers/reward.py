@@ -1,0 +1,285 @@
+"""Stage 2, the reward model: learn r(x, y) from rankings of K responses per prompt (InstructGPT step 2).
+
+    loss = 1/N · Σ_p  1/C(K_p, 2) · Σ_{i<j}  −log σ(r(x_p, y_{p,i}) − r(x_p, y_{p,j}) − margin)
+
+with each prompt's responses ordered best first and N the global number of prompts in the batch.
+All K responses of a prompt go through the model in one forward pass (rows p·K .. p·K+K−1), so every
+one of the C(K, 2) comparisons costs no extra forward (Ouyang et al. 2022, §3.5). N is passed into the
+compiled step, so micro-batches and ranks add up to the full batch's gradient.
+
+The product, ``out_dir/model/``: the trunk as a HuggingFace folder, its tokenizer, the scalar head in
+``reward_head.safetensors`` and ``rm_stats.json`` (held-out accuracy, mean margin, and the reward's mean
+and std, which PPO uses to normalise rewards). :func:`load_reward_model` reads it back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from .. import runtime
+from ..algos import pairwise_accuracy, ranking_loss
+from ..config import field, require, save_config
+from ..data.batching import ranking_batch
+from ..data.encoding import encode_rankings
+from ..data.formats import load_rankings
+from ..data.tokenizer import Tokenizer
+from ..nn import CausalLM
+from ..nn.model import atomic_write
+from ..roles import RewardModel, load_lm
+from ..runtime import RuntimeConfig
+from .loop import LoopConfig, Stage, run_loop
+from .sft import export_model, resolve_tokenizer, split_eval
+from .step import OptimConfig, Updater
+
+HEAD_FILE = "reward_head.safetensors"  # keys "weight" [hidden, 1] and "bias" [1]: r = h·weight + bias
+STATS_FILE = "rm_stats.json"
+
+
+@dataclasses.dataclass
+class RMDataConfig:
+    train: str = field("", "rankings JSONL (or .mindrecord): K >= 2 responses per prompt and their order")
+    eval: str = field("", "held-out rankings; empty = hold out eval_fraction of train")
+    eval_fraction: float = field(0.05, "fraction of train held out when eval is empty")
+    max_length: int = field(128, "longest prompt+response in tokens; a ranking with a longer one is an error")
+    pad_multiple: int = field(32, "pad each batch to a multiple of this (few distinct shapes = few compiles)")
+    skip_invalid: bool = field(False, "skip malformed or too-long rankings (counted and logged) instead of stopping")
+    margin: float = field(0.0, "a pair is only won once r_better − r_worse exceeds this (Llama 2's margin); "
+                               "0 = InstructGPT's loss")
+
+    def validate(self):
+        require(bool(self.train), "data.train", "set the rankings file, e.g. data.train=rankings.jsonl "
+                                                "(make one with `mindrlhf data rankings`)")
+        require(0 <= self.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+        require(self.max_length > 1, "data.max_length", "must be > 1")
+        require(self.margin >= 0, "data.margin", f"must be >= 0, got {self.margin}")
+
+
+@dataclasses.dataclass
+class RMLoopConfig(LoopConfig):
+    # Counted in prompts: each prompt brings all its K responses into the same forward pass.
+    batch_size: int = field(16, "global batch size in PROMPTS per optimizer step (each with its K responses)")
+    micro_batch_size: int = field(0, "prompts per forward pass on one rank; 0 = the whole per-rank batch")
+
+
+@dataclasses.dataclass
+class RMConfig:
+    model: str = field("runs/sft/model", "SFT output folder (or HuggingFace folder, or preset) the trunk starts from")
+    tokenizer: str = field("", "tokenizer folder; empty = the model folder's")
+    out_dir: str = field("runs/rm", "run folder: checkpoints, metrics, plots and the final model/")
+    data: RMDataConfig = field(RMDataConfig(), "rankings")
+    # InstructGPT trains its RM for one epoch: more epochs overfit the correlated pairs of each prompt.
+    train: RMLoopConfig = field(RMLoopConfig(), "batching, length and cadence of training")
+    optim: OptimConfig = field(OptimConfig(lr=1e-3, warmup_steps=10), "AdamW and its schedule")
+    runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed")
+
+
+class RMLoss(nn.Cell):
+    """(input_ids, attention_mask [P·K, T], last_index [P·K], k_mask [P, K], normalizer []) → (loss, aux).
+
+    loss = ranking_loss(r [P, K]) · n / normalizer, where n is the number of prompts with >= 2
+    responses: ranking_loss averages over those prompts, so times n it is their sum, and the sum over
+    micro-batches and ranks divided by the global prompt count is the full batch's mean.
+    aux = [Σ_p pairwise accuracy_p, n] for the train-accuracy metric.
+    """
+
+    def __init__(self, reward_model: RewardModel, margin: float = 0.0):
+        super().__init__(auto_prefix=False)
+        self.reward_model = reward_model
+        self.margin = float(margin)
+
+    def construct(self, input_ids, attention_mask, last_index, k_mask, normalizer):
+        rewards = self.reward_model(input_ids, attention_mask, last_index).reshape(k_mask.shape)  # [P, K]
+        ranked = (ops.reduce_sum(k_mask, 1) >= 2).astype(ms.float32)
+        n = ops.reduce_sum(ranked)
+        loss = ranking_loss(rewards, k_mask, self.margin) * n / normalizer
+        return loss, ops.stack((pairwise_accuracy(rewards, k_mask) * n, n))
+
+
+def batch_tensors(items, pad_id: int, k: int, pad_multiple: int, max_length: int, normalizer: float):
+    """The loss cell's inputs for encoded rankings ``items``, every prompt padded to ``k`` responses."""
+    b = ranking_batch(items, pad_id, k, pad_multiple, max_length)
+    return (ms.Tensor(b["input_ids"], ms.int32), ms.Tensor(b["attention_mask"], ms.int32),
+            ms.Tensor(b["last_index"], ms.int32), ms.Tensor(b["k_mask"], ms.float32),
+            ms.Tensor(normalizer, ms.float32))
+
+
+def encode_rankings_file(path: str, tokenizer, max_length: int, skip_invalid: bool = False):
+    """Load, validate and encode a rankings file; errors name file:line (see mindrlhf.data.formats)."""
+    encoded = encode_rankings(load_rankings(path, skip_invalid), tokenizer, max_length, skip_invalid)
+    if encoded.skipped:
+        print(f"[rm] {path}: skipped {encoded.skipped} invalid rankings; first: {encoded.skip_reasons[:1]}")
+    return encoded
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def score_rankings(reward_model, records, pad_id: int, k: int, batch_size: int, pad_multiple: int,
+                   max_length: int):
+    """r(x, y) for every response of ``records``: (rewards [N, k], k_mask [N, k]) as numpy.
+
+    The last chunk is filled up with copies of the first record (dropped afterwards), so every forward
+    pass has the same number of rows and only the length buckets can trigger a compile.
+    """
+    rewards, masks = [], []
+    for start in range(0, len(records), batch_size):
+        chunk = list(records[start : start + batch_size])
+        real = len(chunk)
+        chunk += [records[0]] * (batch_size - real)
+        ids, attention, last, k_mask, _ = batch_tensors(chunk, pad_id, k, pad_multiple, max_length, 1.0)
+        r = reward_model(ids, attention, last).asnumpy().reshape(batch_size, k)
+        rewards.append(r[:real])
+        masks.append(k_mask.asnumpy()[:real])
+    return np.concatenate(rewards), np.concatenate(masks)
+
+
+def ranking_stats(rewards: np.ndarray, k_mask: np.ndarray, margin: float = 0.0) -> dict:
+    """Held-out quality of a reward model from its rewards [N, K] (best first) and k_mask [N, K].
+
+    accuracy    = pairwise_accuracy (per prompt, then over prompts), ties count as wrong
+    mean_margin = mean_p mean_{i<j} (r_i − r_j): how far the better response is ahead, on average
+    loss        = ranking_loss (the training objective, for comparison with the train curve)
+    reward_mean, reward_std = moments of r over every real response (PPO normalises rewards by them)
+    """
+    r, m = ms.Tensor(rewards, ms.float32), ms.Tensor(k_mask, ms.float32)
+    valid = k_mask > 0
+    gaps = []
+    for row, keep in zip(rewards, valid):
+        kept = row[keep]
+        i, j = np.triu_indices(len(kept), 1)
+        if len(i):
+            gaps.append(float(np.mean(kept[i] - kept[j])))
+    flat = rewards[valid].astype(np.float64)
+    return {"accuracy": float(pairwise_accuracy(r, m).asnumpy()),
+            "mean_margin": float(np.mean(gaps)) if gaps else 0.0,
+            "loss": float(ranking_loss(r, m, margin).asnumpy()),
+            "reward_mean": float(flat.mean()), "reward_std": float(flat.std()),
+            "prompts": int(len(rewards)), "pairs": int(sum(n * (n - 1) // 2 for n in valid.sum(1)))}
+
+
+def write_stats(stats: dict, directory: str) -> str:
+    path = os.path.join(directory, STATS_FILE)
+    atomic_write(path, lambda tmp: open(tmp, "w", encoding="utf-8").write(json.dumps(stats, indent=1) + "\n"))
+    return path
+
+
+def read_stats(directory: str) -> dict:
+    """The ``rm_stats.json`` next to a reward model (accuracy, mean_margin, reward_mean, reward_std, ...)."""
+    path = os.path.join(directory, STATS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found; make it with `mindrlhf eval rm --model {directory} --data F`")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def train_rm(cfg: RMConfig, resume: Optional[str] = None) -> dict:
+    """Train the reward model; write ``out_dir/model`` (see module docstring). Returns the final metrics."""
+    rt = runtime.setup(cfg.runtime)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if rt.is_main:
+        save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+    tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.model)
+    data = cfg.data
+    encoded = encode_rankings_file(data.train, tokenizer, data.max_length, data.skip_invalid)
+    train_set, eval_set = split_eval(
+        encoded, data, tokenizer, cfg.runtime.seed,
+        encode_file=lambda path: encode_rankings_file(path, tokenizer, data.max_length, data.skip_invalid))
+    k = max(len(r.sequences) for r in train_set + eval_set)  # one K for every batch: fixed shapes
+
+    reward_model = RewardModel(load_lm(cfg.model, tokenizer.vocab_size))
+    loss_cell = RMLoss(reward_model, data.margin)
+    per_rank, n_micro = cfg.train.layout(rt.world_size)
+    updater = Updater(loss_cell, reward_model.trainable_params(), cfg.optim,
+                      cfg.train.total_steps(len(train_set)), accum_steps=n_micro)
+    pad = tokenizer.pad_id
+    micro = per_rank // n_micro
+
+    def stats_on(records):
+        rewards, k_mask = score_rankings(reward_model, records, pad, k, micro, data.pad_multiple, data.max_length)
+        return ranking_stats(rewards, k_mask, data.margin)
+
+    def evaluate():
+        if not eval_set:
+            return {}
+        s = stats_on(eval_set)
+        return {f"eval_{name}": s[name] for name in ("loss", "accuracy", "mean_margin", "reward_mean", "reward_std")}
+
+    stage = Stage(
+        records=train_set,
+        make_batch=lambda items, norm: batch_tensors(items, pad, k, data.pad_multiple, data.max_length, norm),
+        count=len,  # prompts: every ranking has K >= 2, so every one is a term of the loss
+        updater=updater,
+        cells={"model": reward_model},
+        evaluate=evaluate,
+        describe_aux=_train_accuracy,
+        unit="prompt",
+    )
+    final = run_loop(stage, cfg.train, cfg.out_dir, cfg.runtime.seed, resume)
+    if rt.is_main:
+        model_dir = os.path.join(cfg.out_dir, "model")
+        export_reward_model(reward_model, tokenizer, cfg, model_dir)
+        stats = stats_on(eval_set or train_set)
+        stats["reference"] = "held-out rankings" if eval_set else "training rankings (no held-out set)"
+        write_stats(stats, model_dir)
+    return final
+
+
+def _train_accuracy(auxes) -> dict:
+    total = np.sum(np.stack(auxes), axis=0)  # [Σ accuracy, prompts] over the micro-batches
+    return {"accuracy": float(total[0] / max(total[1], 1.0))}
+
+
+def export_reward_model(reward_model: RewardModel, tokenizer, cfg, directory: str) -> None:
+    """Trunk as a HuggingFace folder + tokenizer + config (as SFT writes them), plus the scalar head."""
+    from safetensors.numpy import save_file
+
+    export_model(reward_model.trunk, tokenizer, cfg, directory)
+    head = {"weight": reward_model.head.weight.asnumpy(), "bias": reward_model.head.bias.asnumpy()}
+    atomic_write(os.path.join(directory, HEAD_FILE), lambda tmp: save_file(head, tmp))
+
+
+def load_reward_model(directory: str, compute_dtype: str = "") -> RewardModel:
+    """Read back what :func:`export_reward_model` wrote: trunk from the HuggingFace files, head from
+    ``reward_head.safetensors``. The tokenizer is ``Tokenizer.load(directory)``."""
+    from ..nn.hf import read_safetensors
+
+    head_path = os.path.join(directory, HEAD_FILE)
+    if not os.path.isfile(head_path):
+        raise FileNotFoundError(f"{head_path} not found: {directory} is not a reward model folder "
+                                "(expected the model/ folder a `mindrlhf rm` run writes)")
+    reward_model = RewardModel(CausalLM.from_pretrained(directory, compute_dtype=compute_dtype or None))
+    head = read_safetensors(head_path)
+    for name, param in (("weight", reward_model.head.weight), ("bias", reward_model.head.bias)):
+        if name not in head or tuple(head[name].shape) != tuple(param.shape):
+            got = tuple(head[name].shape) if name in head else "missing"
+            raise ValueError(f"{head_path}: '{name}' is {got}, expected shape {tuple(param.shape)} "
+                             "for this trunk's hidden size")
+        param.set_data(ms.Tensor(np.asarray(head[name], np.float32)))
+    return reward_model
+
+
+def evaluate_rm(model_dir: str, rankings_file: str, batch_size: int = 16, max_length: int = 0,
+                save: bool = True, runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
+    """Accuracy, mean margin and reward moments of the reward model in ``model_dir`` on ``rankings_file``;
+    with ``save`` also written to ``model_dir/rm_stats.json``. ``max_length`` 0 = the model's context."""
+    if runtime_cfg is not None:
+        runtime.setup(runtime_cfg)
+    reward_model = load_reward_model(model_dir)
+    tokenizer = Tokenizer.load(model_dir)
+    max_length = max_length or reward_model.trunk.config.max_position_embeddings
+    records = encode_rankings_file(rankings_file, tokenizer, max_length)
+    k = max(len(r.sequences) for r in records)
+    rewards, k_mask = score_rankings(reward_model, records, tokenizer.pad_id, k, batch_size, 32, max_length)
+    stats = dict(ranking_stats(rewards, k_mask), reference=os.path.abspath(rankings_file))
+    if save:
+        write_stats(stats, model_dir)
+    return stats

@@ -1,0 +1,117 @@
+"""Benchmark: our compiled KV-cache generation against transformers' `generate` (torch CPU), same weights.
+
+    python run/bench_generate.py --sizes tiny,gpt2 --batches 8,32 --prompt-len 64 --new-tokens 128
+
+Greedy, EOS disabled so every row generates all new tokens. Both sides get the same random weights
+(the transformers model is saved and loaded into ours). Reports tokens/s of each, their ratio, our
+compile time (first call minus a warm call) and the process's peak RSS after our runs.
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+import mindspore as ms  # noqa: E402
+
+from mindrlhf.nn import CausalLM, ModelConfig  # noqa: E402
+from mindrlhf.nn.generate import GenerationConfig, Generator  # noqa: E402
+from mindrlhf.nn.hf import config_to_hf  # noqa: E402
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_pair(size, total_len, folder):
+    """(transformers model, our CausalLM) with identical random weights."""
+    import torch
+    import transformers
+    cfg = ModelConfig.from_preset(size)
+    cfg.max_position_embeddings = max(cfg.max_position_embeddings, total_len)
+    torch.manual_seed(0)
+    hf_cfg = transformers.AutoConfig.for_model(**{k: v for k, v in config_to_hf(cfg).items() if k != "architectures"})
+    theirs = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    theirs.save_pretrained(folder)
+    return theirs, CausalLM.from_pretrained(folder)
+
+
+def bench_ours(model, prompts, new_tokens, repeats):
+    gen = Generator(model)
+    config = GenerationConfig(max_new_tokens=new_tokens, eos_token_id=None)
+    t0 = time.perf_counter()
+    out = gen.generate(prompts, config)
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = gen.generate(prompts, config)
+        runs.append(time.perf_counter() - t0)
+    run = min(runs)
+    return out.response_ids, len(prompts) * new_tokens / run, first - run, run
+
+
+def bench_theirs(model, prompts, new_tokens, repeats):
+    import torch
+    ids = torch.tensor(np.array(prompts), dtype=torch.long)
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                  do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(ids[:, :8], **dict(kwargs, max_new_tokens=2, min_new_tokens=2))  # warm-up
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = model.generate(ids, **kwargs)
+            runs.append(time.perf_counter() - t0)
+    return out[:, ids.shape[1]:].numpy(), len(prompts) * new_tokens / min(runs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,gpt2", help="model presets, comma-separated")
+    parser.add_argument("--batches", default="8,32", help="batch sizes, comma-separated")
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per side (best is reported)")
+    parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+
+    import torch
+    torch.set_num_threads(args.threads)
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    if args.jit_level:
+        ms.set_context(jit_config={"jit_level": args.jit_level})
+    rng = np.random.default_rng(0)
+    results = []
+    print(f"{'size':>6} {'batch':>5} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} {'compile s':>9} "
+          f"{'peak RSS MB':>11} {'same tokens':>11}")
+    for size in args.sizes.split(","):
+        with tempfile.TemporaryDirectory() as folder:
+            theirs, ours = build_pair(size, args.prompt_len + args.new_tokens, folder)
+        for batch in map(int, args.batches.split(",")):
+            prompts = rng.integers(1, ours.config.vocab_size, (batch, args.prompt_len)).tolist()
+            our_ids, our_tps, compile_s, _ = bench_ours(ours, prompts, args.new_tokens, args.repeats)
+            rss = peak_rss_mb()
+            their_ids, their_tps = bench_theirs(theirs, prompts, args.new_tokens, args.repeats)
+            row = dict(size=size, batch=batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                       ours_tokens_per_s=our_tps, hf_tokens_per_s=their_tps, ratio=our_tps / their_tps,
+                       compile_s=compile_s, peak_rss_mb=rss, jit_level=args.jit_level,
+                       same_tokens_fraction=float((our_ids == their_ids).mean()))
+            results.append(row)
+            print(f"{size:>6} {batch:>5} {our_tps:>10.1f} {their_tps:>9.1f} {row['ratio']:>6.2f} {compile_s:>9.1f} "
+                  f"{rss:>11.0f} {row['same_tokens_fraction']:>11.3f}", flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
