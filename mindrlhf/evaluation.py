@@ -12,13 +12,13 @@ higher, ties counting one half.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from .config import field
+from .config import field, require
 from .data.tokenizer import Tokenizer
 from .nn import CausalLM
 from .nn.generate import GenerationConfig, Generator
@@ -30,10 +30,14 @@ from .trainers.experience import assemble, response_slice
 class EvalConfig:
     max_prompts: int = field(200, "held-out prompts evaluated (0 = all)")
     max_new_tokens: int = field(48, "answer length limit")
-    do_sample: bool = field(False, "sample (with temperature) instead of greedy decoding")
-    temperature: float = field(1.0, "sampling temperature when do_sample")
-    batch_size: int = field(32, "prompts per generation batch")
+    decodings: List[str] = field(["greedy", "sample"], "greedy and/or sample (temperature sampling, as in rollouts)")
+    temperature: float = field(1.0, "sampling temperature of the 'sample' decoding")
+    batch_size: int = field(40, "prompts per generation batch")
     samples_in_report: int = field(8, "answers shown side by side in the report")
+
+    def validate(self):
+        require(set(self.decodings) <= {"greedy", "sample"} and self.decodings, "eval.decodings",
+                "expected a non-empty list of greedy and/or sample")
 
 
 class _SequenceLogprob(nn.Cell):
@@ -65,27 +69,41 @@ class PolicyAnswers:
         return out
 
 
-def answer(policy_dir: str, reference: Policy, reward_model, tokenizer: Tokenizer, prompts: Sequence,
-           cfg: EvalConfig, labeler=None, name: str = "", seed: int = 0) -> PolicyAnswers:
-    """Generate answers with the policy in ``policy_dir``; score them with the reward model, the reference and the labeler."""
-    lm = CausalLM.from_pretrained(policy_dir)
-    generator, n = Generator(lm), cfg.max_new_tokens
-    own, ref = _SequenceLogprob(Policy(lm), n), _SequenceLogprob(reference, n)
-    texts, rm, kl = [], [], []
-    for start in range(0, len(prompts), cfg.batch_size):
-        chunk = prompts[start : start + cfg.batch_size]
-        gen = generator.generate([p.input_ids for p in chunk], GenerationConfig(
-            max_new_tokens=n, do_sample=cfg.do_sample, temperature=cfg.temperature,
-            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, seed=seed + start))
-        ids, mask, response_mask, last = assemble(gen)
-        args = (ms.Tensor(ids), ms.Tensor(mask))
-        rm.append(reward_model(*args, ms.Tensor(last)).asnumpy())
-        kl.append(own(*args, ms.Tensor(response_mask)).asnumpy() - ref(*args, ms.Tensor(response_mask)).asnumpy())
-        texts += [tokenizer.decode(r[m > 0]).strip() for r, m in zip(gen.response_ids, gen.response_mask)]
-    labels = None
-    if labeler is not None:
-        labels = np.array([labeler.score(p.text, t) for p, t in zip(prompts, texts)], np.float64)
-    return PolicyAnswers(name or policy_dir, [p.text for p in prompts], texts, np.concatenate(rm), np.concatenate(kl), labels)
+class Evaluator:
+    """Compiled generation and scoring passes built once; each policy's weights are loaded into the same Cells."""
+
+    def __init__(self, reference_dir: str, reward_model, cfg: EvalConfig, labeler=None):
+        self.cfg, self.reward_model, self.labeler = cfg, reward_model, labeler
+        self.tokenizer = Tokenizer.load(reference_dir)
+        self.lm = CausalLM.from_pretrained(reference_dir)
+        self.generator = Generator(self.lm)
+        self.own = _SequenceLogprob(Policy(self.lm), cfg.max_new_tokens)
+        self.ref = _SequenceLogprob(Policy(CausalLM.from_pretrained(reference_dir)), cfg.max_new_tokens)
+
+    def answer(self, policy_dir: str, prompts: Sequence, decoding: str, name: str = "", seed: int = 0) -> PolicyAnswers:
+        """Answers of the policy in ``policy_dir``, scored by the reward model, the reference and the labeler."""
+        from .nn.hf import load_hf_folder
+
+        _, tensors = load_hf_folder(policy_dir)
+        self.lm.assign_weights(tensors, source=policy_dir)
+        cfg, tok = self.cfg, self.tokenizer
+        texts, rm, kl = [], [], []
+        for start in range(0, len(prompts), cfg.batch_size):
+            chunk = prompts[start : start + cfg.batch_size]
+            gen = self.generator.generate([p.input_ids for p in chunk], GenerationConfig(
+                max_new_tokens=cfg.max_new_tokens, do_sample=decoding == "sample", temperature=cfg.temperature,
+                eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, seed=seed + start))
+            ids, mask, response_mask, last = assemble(gen)
+            args = (ms.Tensor(ids), ms.Tensor(mask))
+            rm.append(self.reward_model(*args, ms.Tensor(last)).asnumpy())
+            own, ref = self.own(*args, ms.Tensor(response_mask)), self.ref(*args, ms.Tensor(response_mask))
+            kl.append(own.asnumpy() - ref.asnumpy())
+            texts += [tok.decode(r[m > 0]).strip() for r, m in zip(gen.response_ids, gen.response_mask)]
+        labels = None
+        if self.labeler is not None:
+            labels = np.array([self.labeler.score(p.text, t) for p, t in zip(prompts, texts)], np.float64)
+        return PolicyAnswers(name or policy_dir, [p.text for p in prompts], texts, np.concatenate(rm),
+                             np.concatenate(kl), labels)
 
 
 def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
@@ -94,17 +112,21 @@ def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
 
 
 def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence, cfg: EvalConfig,
-            labeler=None, baseline: str = "") -> tuple[dict, list]:
-    """Answer ``prompts`` with each policy (name → folder); return (summary per policy, answers per policy)."""
-    tokenizer = Tokenizer.load(reference_dir)
-    reference = Policy(CausalLM.from_pretrained(reference_dir))
+            labeler=None, baseline: str = "") -> tuple[dict, dict]:
+    """Answer ``prompts`` with each policy (name → folder) under each decoding.
+
+    Returns (summary[decoding][policy] → metrics, answers[decoding] → list of PolicyAnswers).
+    """
+    evaluator = Evaluator(reference_dir, reward_model, cfg, labeler)
     prompts = list(prompts)[: cfg.max_prompts or None]
-    answers = [answer(d, reference, reward_model, tokenizer, prompts, cfg, labeler, name)
-               for name, d in policies.items()]
-    summary = {a.name: a.summary() for a in answers}
-    base = next((a for a in answers if a.name == baseline), None)
-    if base is not None and labeler is not None:
-        for a in answers:
-            if a is not base:
-                summary[a.name][f"win_rate_vs_{base.name}"] = win_rate(a.labeler_scores, base.labeler_scores)
+    summary, answers = {}, {}
+    for decoding in cfg.decodings:
+        answers[decoding] = [evaluator.answer(d, prompts, decoding, name) for name, d in policies.items()]
+        summary[decoding] = {a.name: a.summary() for a in answers[decoding]}
+        base = next((a for a in answers[decoding] if a.name == baseline), None)
+        if base is not None and labeler is not None:
+            for a in answers[decoding]:
+                if a is not base:
+                    summary[decoding][a.name][f"win_rate_vs_{base.name}"] = win_rate(a.labeler_scores,
+                                                                                    base.labeler_scores)
     return summary, answers

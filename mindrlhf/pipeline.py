@@ -38,7 +38,7 @@ class BuiltinConfig:
 class RankingsConfig:
     k: int = field(4, "responses sampled per prompt and ranked (InstructGPT: 4 to 9)")
     noise: float = field(0.5, "std of the labeler's noise: labelers disagree")
-    max_prompts: int = field(600, "prompts used for rankings (0 = all)")
+    max_prompts: int = field(0, "prompts used for rankings (0 = all)")
     temperature: float = field(1.0, "sampling temperature of the K responses")
     max_new_tokens: int = field(48, "response length limit")
 

@@ -43,21 +43,27 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(out_dir: str, summary: dict, answers: list, n_samples: int) -> str:
-    """Write ``out_dir/report.md`` (+ PNGs beside it); return its path."""
-    names = [a.name for a in answers]
-    _bar_plot(summary, answers, os.path.join(out_dir, "report_scores.png"))
-    ppo_metrics = os.path.join(out_dir, "ppo", "metrics.jsonl")
-    plot_metrics(ppo_metrics, os.path.join(out_dir, "report_ppo.png"), PPO_CURVES, "PPO iterations")
+def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int) -> str:
+    """Write ``out_dir/report.md`` (+ PNGs beside it); return its path.
+
+    ``summary[decoding][policy]`` holds the metrics and ``answers[decoding]`` the PolicyAnswers.
+    """
     lines = ["# mindrlhf pipeline report", ""]
-    lines += ["Held-out prompts answered by each policy with the same decoding; the hidden labeler (never seen in",
-              "training) judges. KL to reference = Σ_t log π(y_t) − log π_ref(y_t) over the answer, in nats.", ""]
-    cols = sorted({k for n in names for k in summary[n]})
-    lines += ["| policy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for n in names:
-        lines.append(f"| {n} | " + " | ".join(f"{summary[n].get(c, float('nan')):.3f}" for c in cols) + " |")
-    lines += ["", "![scores](report_scores.png)", ""]
+    lines += ["Held-out prompts answered by each policy; the hidden labeler (never seen in training) judges.",
+              "Win rate: fraction of prompts where the policy's labeler score beats the baseline's, ties ½.",
+              "KL to reference = Σ_t log π(y_t) − log π_ref(y_t) over the answer, in nats.", ""]
+    for decoding, group in answers.items():
+        names = [a.name for a in group]
+        png = f"report_scores_{decoding}.png"
+        _bar_plot(summary[decoding], group, os.path.join(out_dir, png))
+        cols = sorted({k for n in names for k in summary[decoding][n]})
+        lines += [f"## {decoding} decoding", "", "| policy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(_fmt(summary[decoding][n].get(c)) for c in cols) + " |")
+        lines += ["", f"![scores]({png})", ""]
+    ppo_metrics = os.path.join(out_dir, "ppo", "metrics.jsonl")
     if os.path.isfile(ppo_metrics):
+        plot_metrics(ppo_metrics, os.path.join(out_dir, "report_ppo.png"), PPO_CURVES, "PPO iterations")
         rows = read_metrics(ppo_metrics)
         first, last = rows[0], rows[-1]
         lines += ["## PPO training", "",
@@ -68,18 +74,25 @@ def write_report(out_dir: str, summary: dict, answers: list, n_samples: int) -> 
     for stage in ("sft", "rm"):
         if os.path.isfile(os.path.join(out_dir, stage, "metrics.png")):
             lines += [f"## {stage.upper()} training", "", f"![{stage}]({stage}/metrics.png)", ""]
-    if "stage_seconds" in summary:
+    if summary.get("stage_seconds"):
         lines += ["## Wall time", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in summary["stage_seconds"].items()]
         lines.append("")
-    lines += ["## Answers side by side", "", "| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for i in range(min(n_samples, len(answers[0].texts))):
-        prompt = answers[0].prompts[i]
-        cells = []
-        for a in answers:
-            score = f" ({a.labeler_scores[i]:+.1f})" if a.labeler_scores is not None else ""
-            cells.append(_cell(a.texts[i]) + score)
-        lines.append(f"| {_cell(prompt)} | " + " | ".join(cells) + " |")
+    for decoding, group in answers.items():
+        names = [a.name for a in group]
+        lines += [f"## Answers side by side ({decoding})", "", "| prompt | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for i in range(min(n_samples, len(group[0].texts))):
+            cells = []
+            for a in group:
+                score = f" ({a.labeler_scores[i]:+.1f})" if a.labeler_scores is not None else ""
+                cells.append(_cell(a.texts[i]) + score)
+            lines.append(f"| {_cell(group[0].prompts[i])} | " + " | ".join(cells) + " |")
+        lines.append("")
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.3f}"

@@ -1,0 +1,40 @@
+"""The whole recipe, shortened, on a world the main job does not use: PPO must beat SFT under the hidden labeler."""
+import json
+import os
+
+import pytest
+
+from mindrlhf.config import load_config
+from mindrlhf.pipeline import PipelineConfig, run_pipeline
+
+SHORT = [
+    "builtin.seed=1", "builtin.n_train=1200", "builtin.n_prompts=400", "builtin.n_heldout=64",
+    "sft.train.batch_size=32", "sft.train.max_steps=400", "sft.train.eval_every=200", "sft.train.save_every=200",
+    "sft.train.progress=false", "sft.optim.warmup_steps=20",
+    "rankings.max_prompts=400", "rm.train.epochs=2", "rm.train.progress=false",
+    "ppo.ppo.iterations=16", "ppo.rollout.batch_size=32", "ppo.progress=false", "ppo.save_every=8",
+    "eval.max_prompts=64", "eval.decodings=[sample]", "eval.batch_size=32",
+]
+
+
+@pytest.mark.slow
+def test_short_pipeline_on_a_second_world_improves_on_sft(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(PipelineConfig, None, [f"out_dir={out}", *SHORT])
+    summary = run_pipeline(cfg)
+
+    sample = summary["sample"]
+    assert sample["ppo"]["labeler_score"] > sample["sft"]["labeler_score"], sample
+    assert sample["ppo"]["win_rate_vs_sft"] > 0.5, sample
+    assert sample["ppo"]["kl_to_ref"] > 0.05  # the policy moved away from the reference, and the report says how far
+    report = (out / "report.md").read_text()
+    assert "win_rate_vs_sft" in report and "Answers side by side" in report
+    for stage in ("sft", "rm", "ppo"):
+        assert (out / stage / "model" / "model.safetensors").is_file()
+        assert (out / stage / "metrics.png").is_file()
+    assert json.loads((out / "summary.json").read_text())["sample"]["ppo"]["kl_to_ref"] == sample["ppo"]["kl_to_ref"]
+
+    # Running the same command again finds every stage done and only re-evaluates.
+    again = run_pipeline(load_config(PipelineConfig, None, [f"out_dir={out}", *SHORT]))
+    assert set(again["stage_seconds"]) == {"eval"}
+    assert os.path.isfile(out / "report.md")
