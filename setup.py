@@ -20,7 +20,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "tokenizers"],
+        "gguf": ["gguf==0.19.0", "tokenizers", "jinja2"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "tokenizers", "gguf==0.19.0",
+                 "accelerate", "jinja2"],
     },
     entry_points={"console_scripts": ["mindrlhf=mindrlhf.cli:main"]},
     classifiers=["License :: OSI Approved :: Apache Software License", "Programming Language :: Python :: 3"],

@@ -5,6 +5,7 @@ Stage commands take a YAML recipe and dotted overrides::
     mindrlhf sft --config configs/sft_builtin.yaml train.max_steps=50 optim.lr=1e-3
     mindrlhf sft --config configs/sft_builtin.yaml --resume runs/sft     # continue a killed run
     mindrlhf sft --help-config                                           # every key with its help
+    mindrlhf launch -n 2 sft --config configs/sft_builtin.yaml           # 2 data-parallel workers (msrun)
 
 Errors in what the user gave (config, data, files) print one line and exit with status 2; set
 MINDRLHF_DEBUG=1 for the traceback.
@@ -52,6 +53,14 @@ def _run_stage(args) -> int:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
         print(f"[{args.stage}] done: {shown}")
     return 0
+
+
+def _launch(args) -> int:
+    from .launch import LaunchPlan, launch
+
+    return launch(LaunchPlan(args.stage, args.stage_args, workers=args.n, nodes=args.nodes, node_rank=args.node_rank,
+                             master_addr=args.master_addr, master_port=args.master_port, log_dir=args.log_dir,
+                             cluster_timeout=args.cluster_timeout))
 
 
 def _tokenizer_train(args) -> int:
@@ -106,16 +115,23 @@ def _data_export(args) -> int:
 
 
 def _convert(args) -> int:
+    import shutil
+
+    if args.from_gguf:
+        from .nn.gguf import gguf_to_hf_folder
+
+        gguf_to_hf_folder(args.from_gguf, args.out)
+        print(f"[convert] {args.from_gguf} → {args.out} (HuggingFace folder with tokenizer and chat template)")
+        return 0
+    if not args.src:
+        raise ValueError("convert: give a HuggingFace folder (SRC) or --from-gguf FILE")
     from .nn import CausalLM
 
     model = CausalLM.from_pretrained(args.src)
     model.save_pretrained(args.out)
-    tok_files = [f for f in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
-                 if os.path.isfile(os.path.join(args.src, f))]
-    for name in tok_files:
-        import shutil
-
-        shutil.copyfile(os.path.join(args.src, name), os.path.join(args.out, name))
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(args.src, name)):
+            shutil.copyfile(os.path.join(args.src, name), os.path.join(args.out, name))
     print(f"[convert] {args.src} → {args.out} ({model.num_parameters():,} parameters)")
     return 0
 
@@ -126,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, (_, _, _, help_text) in STAGES.items():
         _stage_parser(sub, name, help_text)
+
+    la = sub.add_parser("launch", help="run a stage on N data-parallel workers per node (msrun)",
+                        description="run a stage on N data-parallel workers per node through msrun; the stage's "
+                                    "arguments follow the stage name unchanged")
+    la.add_argument("-n", type=int, required=True, help="workers on this node (devices, or CPU processes)")
+    la.add_argument("--nodes", type=int, default=1, help="nodes in the job; the world size is n × nodes")
+    la.add_argument("--node-rank", type=int, default=0, help="this node's index, 0 = the one running the scheduler")
+    la.add_argument("--master-addr", default="127.0.0.1", help="address of node 0 (the scheduler)")
+    la.add_argument("--master-port", type=int, default=8118, help="the scheduler's port on node 0")
+    la.add_argument("--log-dir", default="", help="worker logs; default OUT_DIR/logs of the stage's config")
+    la.add_argument("--cluster-timeout", type=int, default=600, help="seconds to wait for every worker to join")
+    la.add_argument("stage", help="sft, rm or ppo")
+    la.add_argument("stage_args", nargs=argparse.REMAINDER, help="the stage's own arguments (--config, overrides)")
+    la.set_defaults(func=_launch)
 
     tok = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer")
     tok_sub = tok.add_subparsers(dest="action", metavar="ACTION")
@@ -174,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.set_defaults(func=_eval_rm)
 
     c = sub.add_parser("convert", help="read a HuggingFace folder and write it back through our model")
-    c.add_argument("src", help="HuggingFace folder (config.json + safetensors)")
+    c.add_argument("src", nargs="?", help="HuggingFace folder (config.json + safetensors)")
+    c.add_argument("--from-gguf", metavar="FILE", help="a Llama-family .gguf file (or smollm2-135m-instruct)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=_convert)
     return parser

@@ -19,11 +19,13 @@ from .nn import CausalLM, ModelConfig, ScalarHead
 
 
 def load_lm(spec: str, vocab_size: int, compute_dtype: str = "") -> CausalLM:
-    """A CausalLM from a HuggingFace folder (weights loaded) or a preset name/YAML (random init).
+    """A CausalLM from a HuggingFace folder or GGUF file/name (weights loaded), or a preset name/YAML (random init).
 
     A preset's vocabulary is resized to the tokenizer's ``vocab_size``; a folder's must already cover it.
     """
-    if os.path.isdir(spec):
+    from .nn.gguf import is_gguf
+
+    if os.path.isdir(spec) or is_gguf(spec):
         model = CausalLM.from_pretrained(spec, compute_dtype=compute_dtype or None)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"{spec}: the model's vocab_size {model.config.vocab_size} is smaller than the "
