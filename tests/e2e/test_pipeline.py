@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from mindrlhf.trainers.metrics import read_metrics
+
 from mindrlhf.config import load_config
 from mindrlhf.pipeline import PipelineConfig, run_pipeline
 
@@ -27,6 +29,10 @@ def test_short_pipeline_on_a_second_world_improves_on_sft(tmp_path):
     out = tmp_path / "run"
     cfg = load_config(PipelineConfig, None, [f"out_dir={out}", *SHORT])
     summary = run_pipeline(cfg)
+
+    # SFT learned the task's format: held-out loss per response token (measured 0.26 at this length on seed 0).
+    evals = [r["eval_loss"] for r in read_metrics(str(out / "sft" / "metrics.jsonl")) if "eval_loss" in r]
+    assert evals[-1] < 0.6 and evals[-1] < evals[0], evals
 
     sample = summary["sample"]
     assert sample["ppo"]["rm_score"] > sample["sft"]["rm_score"] + 0.1, sample
