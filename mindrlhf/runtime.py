@@ -94,3 +94,50 @@ def setup(cfg: RuntimeConfig) -> Runtime:
     seed_everything(cfg.seed)
     _CURRENT = Runtime(rank=rank, world_size=world, device=cfg.device, mode=cfg.mode)
     return _CURRENT
+
+
+# ---------------------------------------------------------------------------------- host-side collectives
+# Small numpy arrays between compiled calls (metrics, a PPO rollout batch): one tiny compiled Cell per
+# collective, so the hot path's graphs stay as they are. In a single process each is the identity.
+
+_COLLECTIVES: dict = {}
+
+
+def _collective(name: str):
+    if name not in _COLLECTIVES:
+        from mindspore import nn, ops
+
+        class Collective(nn.Cell):
+            def __init__(self, op):
+                super().__init__()
+                self.op = op
+
+            def construct(self, x):
+                return self.op(x)
+
+        _COLLECTIVES[name] = Collective(ops.AllReduce() if name == "sum" else ops.AllGather())
+    return _COLLECTIVES[name]
+
+
+def all_reduce_sum(values) -> np.ndarray:
+    """Σ over ranks of a float32 array (every rank must call it, with the same shape)."""
+    values = np.asarray(values, np.float32)
+    if not _CURRENT.distributed:
+        return values
+    import mindspore as ms
+
+    return _collective("sum")(ms.Tensor(values)).asnumpy()
+
+
+def mean_over_ranks(values) -> np.ndarray:
+    """(1/W) Σ over ranks: the global value of a quantity each rank measured on an equal share of the batch."""
+    return all_reduce_sum(values) / _CURRENT.world_size
+
+
+def all_gather(values: np.ndarray) -> np.ndarray:
+    """Every rank's array concatenated along axis 0 in rank order; shapes and dtype must match across ranks."""
+    if not _CURRENT.distributed:
+        return values
+    import mindspore as ms
+
+    return _collective("gather")(ms.Tensor(np.ascontiguousarray(values))).asnumpy()

@@ -105,3 +105,21 @@ def explained_variance(values: np.ndarray, returns: np.ndarray, mask: np.ndarray
     m = mask.astype(bool)
     var = np.var(returns[m])
     return float(1.0 - np.var(returns[m] - values[m]) / var) if var > 0 else float("nan")
+
+
+def gather_experience(exp: Experience) -> Experience:
+    """Every rank's rows, concatenated in rank order (the global batch), on every rank.
+
+    The arrays travel in one all-gather per dtype (rows flattened side by side), not one per field.
+    """
+    fields = [f.name for f in dataclasses.fields(exp)]
+    arrays = {name: getattr(exp, name) for name in fields}
+    gathered = {}
+    for dtype in sorted({a.dtype.str for a in arrays.values()}):
+        names = [n for n in fields if arrays[n].dtype.str == dtype]
+        flat = [arrays[n].reshape(len(exp), -1) for n in names]
+        rows = runtime.all_gather(np.concatenate(flat, axis=1))
+        offsets = np.cumsum([0] + [f.shape[1] for f in flat])
+        for n, lo, hi in zip(names, offsets[:-1], offsets[1:]):
+            gathered[n] = rows[:, lo:hi].reshape((len(rows),) + arrays[n].shape[1:])
+    return Experience(**gathered)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import runtime
 from ..config import field, require
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, save_cell_weights
 from .metrics import MetricsLogger, plot_metrics
 
 
@@ -92,7 +92,9 @@ class Stage:
     updater: object  # trainers.step.Updater
     cells: dict  # name -> Cell, written to each checkpoint
     evaluate: Optional[Callable] = None  # () -> dict of held-out metrics
-    describe_aux: Optional[Callable] = None  # (list of aux arrays) -> dict of extra train metrics
+    # (list of aux arrays) -> dict of extra train metrics. Aux arrays must be sums over rows: under msrun
+    # the list holds one array, the sum over micro-batches and ranks (the global batch's sums).
+    describe_aux: Optional[Callable] = None
     unit: str = "tok"  # what count() counts, for the throughput shown
 
 
@@ -126,6 +128,8 @@ def run_loop(stage: Stage, cfg: LoopConfig, run_dir: str, seed: int, resume: Opt
         micro = len(mine) // n_micro
         micro_batches = [stage.make_batch(mine[i * micro : (i + 1) * micro], normalizer) for i in range(n_micro)]
         loss, auxes, grad_norm = stage.updater.step(micro_batches)
+        if rt.distributed:
+            loss, auxes = _over_ranks(loss, auxes)
         window_units += stage.count(batch)
         done = step + 1
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": _lr(stage.updater)}
@@ -146,12 +150,38 @@ def run_loop(stage: Stage, cfg: LoopConfig, run_dir: str, seed: int, resume: Opt
             logger.log(done, metrics)
         if (cfg.save_every and done % cfg.save_every == 0) or done == total:
             ckpt.save(done, stage.cells, {"model": stage.updater}, {"data_order": order.state()}, rt.is_main)
+            dump_rank_weights(stage.cells, rt.rank, done)
         final = metrics
     if bar is not None:
         bar.close()
     if rt.is_main:
         plot_metrics(logger.path, os.path.join(run_dir, "metrics.png"))
     return final
+
+
+def _over_ranks(loss: float, auxes: list) -> tuple[float, list]:
+    """The global batch's loss and aux sums from this rank's. A rank's loss is Σ_rank ℓ / (N / W), so the
+    global Σ ℓ / N is the mean over ranks; aux arrays are sums over rows, so they add up."""
+    aux = np.sum([np.asarray(a, np.float32) for a in auxes], axis=0)
+    flat = np.concatenate([[loss / runtime.current().world_size], aux.ravel()])
+    total = runtime.all_reduce_sum(flat)
+    return float(total[0]), [total[1:].reshape(aux.shape)]
+
+
+RANK_WEIGHTS_ENV = "MINDRLHF_RANK_WEIGHTS_DIR"
+
+
+def dump_rank_weights(cells: dict, rank: int, step: int) -> None:
+    """Test hook: with $MINDRLHF_RANK_WEIGHTS_DIR set, every rank writes its weights at each checkpoint to
+    ``DIR/step_<n>/rank<r>.<cell>.safetensors``, so a test can check that data-parallel ranks stay identical
+    (checkpoints hold rank 0's weights only). Unset, as in every real run, it does nothing."""
+    directory = os.environ.get(RANK_WEIGHTS_ENV)
+    if not directory:
+        return
+    folder = os.path.join(directory, f"step_{step:08d}")
+    os.makedirs(folder, exist_ok=True)
+    for name, cell in cells.items():
+        save_cell_weights(cell, os.path.join(folder, f"rank{rank}.{name}.safetensors"))
 
 
 def _lr(updater) -> float:

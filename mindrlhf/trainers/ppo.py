@@ -29,12 +29,13 @@ from ..config import field, require, save_config
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
-from ..nn.generate import GenerationConfig, Generator
+from ..nn.generate import GenerationConfig, Generator, bucket
 from ..roles import Critic, Policy, load_lm
 from ..runtime import RuntimeConfig
 from .checkpoint import CheckpointManager
-from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, response_slice
-from .loop import DataOrder
+from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
+from .experience import response_slice
+from .loop import DataOrder, dump_rank_weights
 from .metrics import MetricsLogger, plot_metrics
 from .reward import load_reward_model, read_stats
 from .sft import export_model
@@ -121,6 +122,13 @@ class PPOConfig:
         require(self.rollout.batch_size % self.ppo.mini_batch_size == 0, "ppo.mini_batch_size",
                 f"{self.ppo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
 
+    def layout(self, world_size: int) -> tuple[int, int]:
+        """(prompts rolled out per rank, mini-batch rows per rank), or a clear error when they do not divide."""
+        for key, size in (("rollout.batch_size", self.rollout.batch_size),
+                          ("ppo.mini_batch_size", self.ppo.mini_batch_size)):
+            require(size % world_size == 0, key, f"{size} does not divide over {world_size} ranks")
+        return self.rollout.batch_size // world_size, self.ppo.mini_batch_size // world_size
+
 
 class ActorLoss(nn.Cell):
     """(ids, mask, old_logprobs, advantages, response_mask, normalizer, kl_coef) → (loss, (pg_loss, clipfrac, approx_kl, entropy))."""
@@ -160,7 +168,7 @@ def _frozen(cell):
 
 
 class PPOTrainer:
-    """Holds the four roles, their compiled passes and optimizers; ``iteration()`` runs one PPO iteration."""
+    """Holds the four roles, their compiled passes and optimizers; ``train()`` runs the iterations."""
 
     def __init__(self, cfg: PPOConfig, reward_model: Optional[nn.Cell] = None):
         """``reward_model``: a Cell called like :class:`~mindrlhf.roles.RewardModel` (ids [B, T], mask [B, T],
@@ -226,10 +234,23 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ 1–3: experience
     def make_experience(self, prompts, seed: int) -> tuple[Experience, dict]:
-        cfg, t0 = self.cfg, time.perf_counter()
+        exp, times = self.rollout(prompts, seed)
+        return exp, self.experience_stats(exp, prompts, times)
+
+    def rollout(self, prompts, seed: int, prompt_len: int = 0) -> tuple[Experience, dict]:
+        """Generate, score and turn scores into advantages for ``prompts``; returns the batch and its timings.
+
+        ``prompt_len``: left-pad the prompt columns to this width (positions come from the mask, so padding
+        changes nothing), so that every rank's batch has the columns a single process would give the
+        global batch and the ranks' batches can be gathered."""
+        t0 = time.perf_counter()
         gen = self.generator.generate([p.input_ids for p in prompts], dataclasses.replace(self.gen_cfg, seed=seed))
         t1 = time.perf_counter()
         ids, mask, response_mask, last_index = assemble(gen)
+        pad = max(0, prompt_len - gen.prompt_ids.shape[1])
+        if pad:
+            ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.tokenizer.pad_id)
+            mask, last_index = np.pad(mask, ((0, 0), (pad, 0))), last_index + pad
         old_lp, ref_lp, values, raw = (x.asnumpy() for x in self.scoring(ms.Tensor(ids), ms.Tensor(mask),
                                                                            ms.Tensor(last_index)))
         scores = self._shape_scores(raw, gen.response_ids)
@@ -238,17 +259,21 @@ class PPOTrainer:
             ms.Tensor(self.kl_ctl.kl_coef, ms.float32)))
         t2 = time.perf_counter()
         exp = Experience(ids, mask, response_mask, old_lp, ref_lp, values, scores, raw, kl, rewards, adv, ret)
-        lengths = response_mask.sum(1)
-        stats = {"score": float(raw.mean()), "reward": float(rewards.sum(1).mean()),
-                 "kl": float(kl.sum(1).mean()), "kl_coef": self.kl_ctl.kl_coef,
-                 "response_len": float(lengths.mean()), "eos_rate": float(self._has_eos(gen.response_ids).mean()),
-                 "explained_var": explained_variance(values, ret, response_mask),
-                 "time_generate": t1 - t0, "time_score": t2 - t1,
-                 "gen_tok_per_s": float(lengths.sum() / max(t1 - t0, 1e-9))}
+        return exp, {"time_generate": t1 - t0, "time_score": t2 - t1}
+
+    def experience_stats(self, exp: Experience, prompts, times: dict) -> dict:
+        """Rollout metrics of ``exp`` (the prompts' batch); ``times`` as :meth:`rollout` returns them."""
+        lengths = exp.response_mask.sum(1)
+        response_ids = exp.input_ids[:, -exp.response_mask.shape[1]:]
+        stats = {"score": float(exp.raw_scores.mean()), "reward": float(exp.rewards.sum(1).mean()),
+                 "kl": float(exp.kl.sum(1).mean()), "kl_coef": self.kl_ctl.kl_coef,
+                 "response_len": float(lengths.mean()), "eos_rate": float(self._has_eos(response_ids).mean()),
+                 "explained_var": explained_variance(exp.values, exp.returns, exp.response_mask),
+                 **times, "gen_tok_per_s": float(lengths.sum() / max(times["time_generate"], 1e-9))}
         if self.labeler is not None:
-            texts = [self.tokenizer.decode(r[m > 0]) for r, m in zip(gen.response_ids, response_mask)]
+            texts = [self.tokenizer.decode(r[m > 0]) for r, m in zip(response_ids, exp.response_mask)]
             stats["labeler_score"] = float(np.mean([self.labeler.score(p.text, t) for p, t in zip(prompts, texts)]))
-        return exp, stats
+        return stats
 
     def _has_eos(self, response_ids) -> np.ndarray:
         return (response_ids == self.tokenizer.eos_id).any(axis=1)
@@ -263,9 +288,11 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ 4: update
     def update(self, exp: Experience, seed: int) -> dict:
+        """E epochs over ``exp``, the global rollout batch (every rank holds all of it): the same shuffled
+        mini-batches on every rank (``seed`` must not depend on the rank), each rank taking its rows."""
         cfg, rt = self.cfg.ppo, self.rt
         rng = np.random.default_rng(seed)
-        per_rank = cfg.mini_batch_size // rt.world_size
+        _, per_rank = self.cfg.layout(rt.world_size)
         sums: dict = {}
         count = 0
         for _ in range(cfg.epochs):
@@ -289,8 +316,13 @@ class PPOTrainer:
                 count += 1
                 epoch_kl.append(approx_kl)
             if cfg.policy_loss == "kl_penalty":
-                self.ppo_beta = adapt_kl_penalty(self.ppo_beta, float(np.mean(epoch_kl)), cfg.kl_penalty_target)
+                kl = np.mean(epoch_kl)
+                if rt.distributed:  # approx_kl is a token mean over this rank's rows: average the ranks'
+                    kl = runtime.mean_over_ranks([kl])[0]
+                self.ppo_beta = adapt_kl_penalty(self.ppo_beta, float(kl), cfg.kl_penalty_target)
         out = {k: v / count for k, v in sums.items()}
+        if rt.distributed:  # each rank's losses are its share Σ_rank / (N / W): their mean is the global loss
+            out = dict(zip(out, (float(v) for v in runtime.mean_over_ranks(list(out.values())))))
         if cfg.policy_loss == "kl_penalty":
             out["ppo_beta"] = self.ppo_beta
         return out
@@ -316,12 +348,17 @@ class PPOTrainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.ppo.iterations, initial=start, desc="ppo", dynamic_ncols=True, mininterval=1.0)
-        per_rank = cfg.rollout.batch_size // rt.world_size
+        per_rank, _ = cfg.layout(rt.world_size)
         metrics: dict = {}
         for it in range(start, cfg.ppo.iterations):
-            idx = self.order.next_batch()[rt.rank * per_rank : (rt.rank + 1) * per_rank]
-            seed = cfg.runtime.seed * 100_003 + it * 1_009 + rt.rank
-            exp, metrics = self.make_experience([self.prompts[i] for i in idx], seed)
+            prompts = [self.prompts[i] for i in self.order.next_batch()]  # global; this rank rolls out its share
+            seed = cfg.runtime.seed * 100_003 + it * 1_009
+            width = bucket(max(len(p.input_ids) for p in prompts), self.generator.prompt_bucket)  # as one process
+            exp, times = self.rollout(prompts[rt.rank * per_rank : (rt.rank + 1) * per_rank], seed + rt.rank, width)
+            if rt.distributed:  # every rank updates on the whole batch, as one process would
+                exp = gather_experience(exp)
+                times = {k: float(v) for k, v in zip(times, runtime.mean_over_ranks(list(times.values())))}
+            metrics = self.experience_stats(exp, prompts, times)
             t0 = time.perf_counter()
             metrics.update(self.update(exp, seed))
             metrics["time_train"] = time.perf_counter() - t0
@@ -337,6 +374,7 @@ class PPOTrainer:
                          "data_order": self.order.state(), "optimizer_steps": self.actor_updater.step_count}
                 self._name_parameters()
                 ckpt.save(done, cells, updaters, state, rt.is_main)
+                dump_rank_weights(cells, rt.rank, done)
         if bar is not None:
             bar.close()
         if rt.is_main:

@@ -1,0 +1,185 @@
+"""`mindrlhf launch`: run one stage on N data-parallel workers per node through MindSpore's ``msrun``.
+
+    mindrlhf launch -n 2 sft --config configs/sft_builtin.yaml train.max_steps=50
+    mindrlhf launch -n 8 --nodes 2 --node-rank 1 --master-addr 10.0.0.1 ppo --config ppo.yaml
+
+Every worker runs the stage's own command unchanged (``msrun_entry.py``); ``runtime.setup`` joins the
+group and the trainers split each global batch over the ranks. What this module adds is what msrun
+does not check before it spawns anything: that the scheduler's port is free, that the stage's config
+loads, and that its batch sizes divide over the world size. Each of those fails in a second with one
+line, instead of after a minute of workers waiting for one another. When the job fails, it names the
+worker log that holds the first error and prints its last lines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from typing import Optional
+
+# The stages that train under msrun, and how each checks its batch sizes against the world size
+# (a clear error, or the per-rank sizes).
+WORLD_CHECKS = {
+    "sft": lambda cfg, world: cfg.train.layout(world),
+    "rm": lambda cfg, world: cfg.train.layout(world),
+    "ppo": lambda cfg, world: cfg.layout(world),
+}
+
+# What a failed worker's log shows first: a Python traceback, our one-line error, MindSpore's C++ error.
+ERROR_PATTERN = re.compile(r"Traceback \(most recent call last\)|^mindrlhf: error:|^\[ERROR\]|Error:", re.M)
+
+
+@dataclasses.dataclass
+class LaunchPlan:
+    """One node's share of a job: ``workers`` local processes out of ``workers * nodes``."""
+
+    stage: str
+    stage_args: list
+    workers: int = 1
+    nodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 8118
+    log_dir: str = ""
+    cluster_timeout: int = 600
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.nodes
+
+
+def _fail(message: str):
+    raise ValueError(f"launch: {message}")
+
+
+def check_plan(plan: LaunchPlan):
+    """Everything that can be checked before spawning: sizes, the stage's config and batch layout, the port.
+    Returns the stage's config, as the workers will load it."""
+    if plan.stage not in WORLD_CHECKS:
+        _fail(f"stage {plan.stage!r} cannot be launched; expected one of {', '.join(WORLD_CHECKS)} "
+              "(run a pipeline's stages one launch at a time)")
+    if plan.workers < 1 or plan.nodes < 1:
+        _fail(f"-n {plan.workers} --nodes {plan.nodes}: both must be >= 1")
+    if not 0 <= plan.node_rank < plan.nodes:
+        _fail(f"--node-rank {plan.node_rank} is outside 0..{plan.nodes - 1} for --nodes {plan.nodes}")
+    if not 1024 <= plan.master_port <= 65535:
+        _fail(f"--master-port {plan.master_port}: expected a port in 1024..65535")
+    cfg = load_stage_config(plan.stage, plan.stage_args)
+    WORLD_CHECKS[plan.stage](cfg, plan.world_size)
+    if plan.node_rank == 0:  # the scheduler listens on node 0; other nodes only connect to it
+        check_port_free(plan.master_addr, plan.master_port)
+    return cfg
+
+
+def load_stage_config(stage: str, stage_args: list):
+    """The config the workers will load, read here with the stage command's own parser and loader."""
+    import importlib
+
+    from .cli import STAGES, build_parser
+    from .config import load_config
+
+    args = build_parser().parse_args([stage, *stage_args])
+    module_name, cls_name, _, _ = STAGES[stage]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    cfg = load_config(cls, args.config, args.overrides)
+    if args.resume and hasattr(cfg, "out_dir"):
+        cfg.out_dir = args.resume  # as the stage command does: a resumed run keeps writing where it was
+    return cfg
+
+
+def check_port_free(addr: str, port: int) -> None:
+    """Bind ``addr:port`` the way a listening scheduler would; a clear error if something holds it.
+
+    SO_REUSEADDR, as servers set it, so a port left in TIME_WAIT by the previous run still counts as free.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((addr, port))
+    except OSError as err:
+        _fail(f"--master-port {port} on {addr} is in use ({err.strerror}); pick another port with --master-port")
+    finally:
+        sock.close()
+
+
+def msrun_command(plan: LaunchPlan) -> list:
+    """The msrun command line; the active interpreter runs it, and PATH (see :func:`worker_env`) makes the
+    workers' ``python`` the same interpreter."""
+    entry = os.path.join(os.path.dirname(os.path.abspath(__file__)), "msrun_entry.py")
+    cmd = [sys.executable, "-m", "mindspore.parallel.cluster.run",
+           f"--worker_num={plan.world_size}", f"--local_worker_num={plan.workers}",
+           f"--master_addr={plan.master_addr}", f"--master_port={plan.master_port}",
+           f"--log_dir={plan.log_dir}", "--join=True", f"--cluster_time_out={plan.cluster_timeout}",
+           "--tail_worker_log=0"]  # the console shows rank 0; every rank's output is in its log
+    if plan.nodes > 1:
+        cmd.append(f"--node_rank={plan.node_rank}")
+    return cmd + [entry, plan.stage, *plan.stage_args]
+
+
+def worker_env(base: Optional[dict] = None) -> dict:
+    """msrun starts workers as plain ``python``: put this interpreter's bin first on PATH, and this
+    package's parent on PYTHONPATH so a source checkout works without installing."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only
+    return env
+
+
+def first_error_log(log_dir: str) -> Optional[str]:
+    """The worker log (else the scheduler's) holding an error that stopped writing first.
+
+    msrun kills the other workers once one fails, so their logs end later and mostly without an error;
+    a log's modification time is when its process last wrote, its error included."""
+    failed = []
+    for path in glob.glob(os.path.join(log_dir, "worker_*.log")) + glob.glob(os.path.join(log_dir, "scheduler.log")):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            if ERROR_PATTERN.search(fh.read()):
+                failed.append((os.path.basename(path) == "scheduler.log", os.path.getmtime(path), path))
+    return min(failed)[2] if failed else None
+
+
+def tail(path: str, lines: int = 20) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return "".join(fh.readlines()[-lines:])
+
+
+def launch(plan: LaunchPlan) -> int:
+    """Check the plan, run msrun to the end, and on failure point at the first error. Returns msrun's status."""
+    cfg = check_plan(plan)
+    plan = dataclasses.replace(plan, log_dir=plan.log_dir or os.path.join(cfg.out_dir, "logs"))
+    print(f"[launch] {plan.stage} on {plan.world_size} workers ({plan.workers} on this node, node "
+          f"{plan.node_rank} of {plan.nodes}); logs in {plan.log_dir}", flush=True)
+    proc = subprocess.Popen(msrun_command(plan), env=worker_env())
+    stopped = []
+
+    def stop(signum, frame):  # SIGTERM (a job scheduler, `kill`): msrun stops its workers on SIGINT
+        stopped.append(signum)
+        proc.send_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # msrun got the same Ctrl-C and stops its workers; wait for it
+        stopped.append(signal.SIGINT)
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopped:  # msrun exits 0 after stopping its workers on request; the job did not finish
+        print(f"[launch] stopped by signal {stopped[0]}; worker logs in {plan.log_dir}", file=sys.stderr)
+        return 128 + stopped[0]
+    if code != 0:
+        where = first_error_log(plan.log_dir)
+        if where:
+            print(f"\n[launch] failed (status {code}); the first error is in {where}; its last lines:\n"
+                  f"{tail(where)}", file=sys.stderr, flush=True)
+        else:
+            print(f"\n[launch] failed (status {code}); no worker log shows an error; see {plan.log_dir}",
+                  file=sys.stderr, flush=True)
+    return code
