@@ -4,12 +4,13 @@
 
 Greedy, EOS disabled so every row generates all new tokens. Both sides get the same random weights
 (the transformers model is saved and loaded into ours). Reports tokens/s of each, their ratio, our
-compile time (first call minus a warm call) and the process's peak RSS after our runs.
+compile time (first call minus a warm call) and the process's peak RSS after our runs (both sides share
+this process, so the RSS is ours plus the transformers model; bench_ppo and bench_train separate them).
+``--json`` writes rows in the format of ``run/bench_common.py``, which ``run/bench_all.sh`` merges.
 """
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -23,10 +24,9 @@ import mindspore as ms  # noqa: E402
 from mindrlhf.nn import CausalLM, ModelConfig  # noqa: E402
 from mindrlhf.nn.generate import GenerationConfig, Generator  # noqa: E402
 from mindrlhf.nn.hf import config_to_hf  # noqa: E402
+from run import bench_common as bc  # noqa: E402
 
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak_rss_mb = bc.peak_rss_mb
 
 
 def build_pair(size, total_len, folder):
@@ -105,12 +105,31 @@ def main():
                        ours_tokens_per_s=our_tps, hf_tokens_per_s=their_tps, ratio=our_tps / their_tps,
                        compile_s=compile_s, peak_rss_mb=rss, jit_level=args.jit_level,
                        same_tokens_fraction=float((our_ids == their_ids).mean()))
-            results.append(row)
+            results.append(common_row(row, compile_s, args))
             print(f"{size:>6} {batch:>5} {our_tps:>10.1f} {their_tps:>9.1f} {row['ratio']:>6.2f} {compile_s:>9.1f} "
                   f"{rss:>11.0f} {row['same_tokens_fraction']:>11.3f}", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+            json.dump({"versions": bc.versions("mindspore", "torch", "transformers"), "rows": results}, f, indent=2)
+
+
+def common_row(row, compile_s, args):
+    """One row in bench_common's report format (the flat fields stay in ``ours``/``peer`` as before)."""
+    load = bc.load_average()
+    tokens = row["batch"] * row["new_tokens"]
+    ours = {"tokens_per_s": row["ours_tokens_per_s"], "step_s": tokens / row["ours_tokens_per_s"],
+            "first_s": tokens / row["ours_tokens_per_s"] + compile_s, "compile_s": compile_s,
+            "peak_rss_mb": row["peak_rss_mb"], "load_average_end": load,
+            "same_tokens_fraction": row["same_tokens_fraction"]}
+    peer = {"tokens_per_s": row["hf_tokens_per_s"], "step_s": tokens / row["hf_tokens_per_s"],
+            "load_average_end": load}
+    settings = {"batch": row["batch"], "prompt_len": row["prompt_len"], "new_tokens": row["new_tokens"],
+                "jit_level": args.jit_level, "threads": args.threads}
+    return {"bench": "generate", "size": row["size"], "settings": settings, "ours": ours,
+            "peer_name": "transformers generate", "peer": peer, "speed_metric": "tokens_per_s",
+            "speedup": row["ratio"],
+            "notes": ["generate: greedy, EOS off; tokens/s = B·N / seconds of one generate call (best of "
+                      f"{args.repeats}); RSS is the shared process's (ours + the transformers model)."]}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,300 @@
+"""What the benchmarks in run/ share: the machine, random HuggingFace model folders, child processes, the report.
+
+Every benchmark measures each framework in its own child process (so its peak RSS is its own) and
+returns rows of one shape::
+
+    {"bench": "ppo" | "train" | "generate", "size": "tiny", "settings": {...},
+     "ours": {...}, "peer_name": "trl 0.28.0", "peer": {...},
+     "speed_metric": "tokens_per_s", "speedup": ours / peer  (> 1: mindrlhf is faster)}
+
+    python run/bench_common.py report OUT_DIR/*.json --md run/bench_results.md --json run/bench_results.json
+
+writes the one Markdown table and JSON file that ``run/bench_all.sh`` leaves behind.
+
+This module imports neither MindSpore nor torch at import time: the child processes import only
+their own framework, so one framework's memory never shows up in the other's RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_VENV = os.path.join(ROOT, "run", ".bench-venv")
+SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]  # ids 0..3; prompts are drawn from ids >= 4
+
+
+# ------------------------------------------------------------------------------------ the machine
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_gb() -> float:
+    with open("/proc/self/statm", encoding="utf-8") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+PHASE = {"now": "setup"}  # what a child is doing; a memory-guard error names it
+
+
+def guard_memory(limit_gb: float, result_path: str) -> None:
+    """End this process (exit code 3) once its resident memory passes ``limit_gb``, leaving an error
+    result that names the phase: on a shared machine a runaway benchmark must not push others into OOM."""
+    import threading
+
+    def watch():
+        while True:
+            rss = current_rss_gb()
+            if rss > limit_gb:
+                write_result(result_path, {"error": f"resident memory {rss:.1f} GB passed the {limit_gb:g} GB guard "
+                                                    f"during {PHASE['now']}"})
+                os._exit(3)
+            time.sleep(0.2)
+
+    if limit_gb > 0:
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def default_memory_guard_gb() -> float:
+    return round(0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+
+
+def load_average() -> list:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, load average and the commit measured."""
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gb": round(mem_gb, 1), "python": platform.python_version(),
+            "commit": commit + ("+dirty" if dirty else ""), "load_average": load_average(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def versions(*names) -> dict:
+    """Installed versions of ``names`` in this interpreter (absent ones are left out)."""
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# ------------------------------------------------------------------------------------ model folders
+def hf_config(size: str, min_positions: int) -> dict:
+    """The HuggingFace config.json of a mindrlhf preset (``models/<size>.yaml``), positions >= min_positions."""
+    from mindrlhf.nn import ModelConfig
+    from mindrlhf.nn.hf import config_to_hf
+
+    cfg = ModelConfig.from_preset(size)
+    cfg.max_position_embeddings = max(cfg.max_position_embeddings, min_positions)
+    return config_to_hf(cfg)
+
+
+def write_tokenizer(folder: str, vocab_size: int) -> None:
+    """A word-level tokenizer ("t17" -> 17) over the whole vocabulary, so both frameworks get a tokenizer
+    object without any text processing mattering: the benchmarks feed random token ids directly."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    vocab.update({f"t{i}": i for i in range(len(SPECIALS), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<bos>", "eos_token": "<eos>",
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+
+
+def write_random_lm(config: dict, folder: str, seed: int, tokenizer: bool = True) -> None:
+    """A randomly initialised transformers model saved as a HuggingFace folder (+ the word-level tokenizer)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    hf_cfg = transformers.AutoConfig.for_model(**{k: v for k, v in config.items() if k != "architectures"})
+    model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+    model.save_pretrained(folder)
+    if tokenizer:
+        write_tokenizer(folder, config["vocab_size"])
+
+
+def write_reward_folder(config: dict, folder: str, seed: int) -> None:
+    """A reward-model folder in mindrlhf's layout: trunk (HF folder) + reward_head.safetensors
+    (weight [H, 1], bias [1]) + rm_stats.json. transformers reads the trunk into a
+    ``*ForSequenceClassification`` and the head into its ``score`` layer (bias 0: theirs has none)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    write_random_lm(config, folder, seed, tokenizer=True)
+    hidden = config.get("n_embd") or config["hidden_size"]
+    rng = np.random.default_rng(seed)
+    save_file({"weight": (rng.standard_normal((hidden, 1)) * 0.02).astype(np.float32),
+               "bias": np.zeros(1, np.float32)}, os.path.join(folder, "reward_head.safetensors"))
+    with open(os.path.join(folder, "rm_stats.json"), "w", encoding="utf-8") as f:
+        json.dump({"reward_mean": 0.0, "reward_std": 1.0}, f)
+
+
+# ------------------------------------------------------------------------------------ child processes
+def bench_python() -> str:
+    """The interpreter of the benchmark venv (TRL), or this one when the venv is missing."""
+    candidate = os.path.join(BENCH_VENV, "bin", "python")
+    return candidate if os.path.exists(candidate) else sys.executable
+
+
+def run_child(python: str, script: str, args: list, timeout: float) -> dict:
+    """Run ``python script args --result F`` and return the JSON the child wrote to F.
+
+    The child's output streams through (progress and errors stay visible). A child that fails or
+    times out gives {"error": ...} so one failing side does not lose the other's numbers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        cmd = [python, script, *map(str, args), "--result", result]
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s: {' '.join(cmd)}"}
+        if not os.path.exists(result):
+            return {"error": f"exit code {proc.returncode}: {' '.join(cmd)}"}
+        with open(result, encoding="utf-8") as f:
+            out = json.load(f)
+        out["process_wall_s"] = time.perf_counter() - t0
+        return out
+
+
+def write_result(path: str, result: dict) -> None:
+    """What a child process hands back: its numbers plus its own peak RSS and versions."""
+    result.setdefault("peak_rss_mb", peak_rss_mb())
+    result.setdefault("load_average_end", load_average())
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, default=float)
+
+
+def speedup(ours: dict, peer: dict, metric: str):
+    """ours[metric] / peer[metric] for a rate (tokens/s): > 1 means mindrlhf is faster."""
+    a, b = ours.get(metric), peer.get(metric)
+    return a / b if a and b else None
+
+
+# ------------------------------------------------------------------------------------ the report
+def _fmt(x, digits=2):
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.3g}"
+    return str(x)
+
+
+def _settings_text(s: dict) -> str:
+    keys = ("batch", "prompt_len", "new_tokens", "seq_len", "epochs", "mini_batch", "jit_level", "graph_kernel",
+            "threads", "ms_threads")
+    return " ".join(f"{k}={s[k]}" for k in keys if s.get(k) not in (None, ""))
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# mindrlhf benchmarks ({m['date']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; commit `{m['commit']}`; "
+             f"load average (1, 5, 15 min) {m['load_average']}"
+             + (f" at start, {report['load_average_end']} at end." if report.get("load_average_end") else "."),
+             f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", "",
+             "speedup = mindrlhf / peer on the row's rate (> 1: mindrlhf faster). Times are seconds of a "
+             "steady iteration or step (after warm-up); `first` is the warm-up one (compilation included).", "",
+             "CPU s = process CPU seconds of the same step (all threads): less sensitive to other load than "
+             "wall time.", "",
+             "| bench | size | settings | peer | ours rate | peer rate | speedup | ours s | peer s | ours CPU s "
+             "| peer CPU s "
+             "| ours first s | ours phases s (gen / score / train) | peer phases s | ours RSS MB | peer RSS MB "
+             "| load during |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        o, p = r.get("ours", {}), r.get("peer", {})
+        metric = r.get("speed_metric", "tokens_per_s")
+
+        def phases(d):
+            if "time_generate" not in d:
+                return "—"
+            return " / ".join(_fmt(d.get(k)) for k in ("time_generate", "time_score", "time_train"))
+
+        err = "; ".join(f"{side}: {d['error']}" for side, d in (("ours", o), ("peer", p)) if "error" in d)
+        lines.append("| " + " | ".join([
+            r["bench"], r["size"], _settings_text(r.get("settings", {})), r.get("peer_name", ""),
+            f"{_fmt(o.get(metric), 1)} {metric.replace('_per_s', '/s')}", _fmt(p.get(metric), 1),
+            _fmt(r.get("speedup")), _fmt(o.get("step_s")), _fmt(p.get("step_s")), _fmt(o.get("cpu_step_s")),
+            _fmt(p.get("cpu_step_s")), _fmt(o.get("first_s")),
+            phases(o), phases(p), _fmt(o.get("peak_rss_mb"), 0), _fmt(p.get("peak_rss_mb"), 0),
+            _fmt(max(o.get("load_average_end", [0])[0], p.get("load_average_end", [0])[0]))
+        ]) + " |" + (f" {err}" if err else ""))
+    notes = [n for r in report["rows"] for n in r.get("notes", [])]
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in dict.fromkeys(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def merge(files: list) -> dict:
+    """One report from benchmark JSON files (or earlier reports: their rows keep the commit they measured)."""
+    rows, vers = [], {}
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            part = json.load(f)
+        for row in part.get("rows", []):
+            if "machine" in part:
+                row.setdefault("commit", part["machine"]["commit"])
+            rows.append(row)
+        vers.update(part.get("versions", {}))
+    report = {"machine": machine(), "versions": vers, "rows": rows}
+    commits = list(dict.fromkeys(r["commit"] for r in rows if "commit" in r))
+    if commits:
+        report["machine"]["commit"] = ", ".join(commits)
+    return report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    rep = sub.add_parser("report", help="merge benchmark JSON files into one Markdown table and JSON file")
+    rep.add_argument("files", nargs="+")
+    rep.add_argument("--md", required=True)
+    rep.add_argument("--json", required=True)
+    rep.add_argument("--start-load", default="", help="load average when the run started (bench_all.sh passes it)")
+    args = parser.parse_args()
+    report = merge(args.files)
+    if args.start_load:
+        report["load_average_end"] = report["machine"]["load_average"]
+        report["machine"]["load_average"] = [float(x) for x in args.start_load.split()]
+    with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, default=float)
+    with open(args.md, "w", encoding="utf-8") as f:
+        f.write(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Benchmark: one PPO iteration of mindrlhf against TRL's PPOTrainer (torch CPU), same work and weights.
+
+    python run/bench_ppo.py --sizes tiny,gpt2 --batch 8 --prompt-len 32 --new-tokens 32 --epochs 1 --mini-batch 4
+
+One iteration = rollout of B random prompts (P tokens) with N sampled tokens, scoring (log-probs of the
+policy and the reference, values, reward-model score), advantages, E epochs of mini-batch updates of
+the actor and the critic. Both sides load the same random HuggingFace folders (policy, and a reward
+model that also starts the critic), sample with temperature 1 and no top-k/top-p, and generate all N
+tokens (no EOS stop). Each side runs in its own process (``--side ours`` here, ``--side trl`` in the
+benchmark venv), one warm-up iteration (compilation included, reported as ``first_s``) and then
+``--iters`` timed ones; reported: seconds per iteration, per phase, tokens/s and peak RSS.
+
+Differences in what each side computes, by design of each framework (kept, and noted in the report):
+TRL takes the rollout log-probs from the logits kept during generation (3 scoring forwards: reference,
+value, reward), mindrlhf recomputes them in its scoring graph (4 forwards); TRL updates policy and value
+with one optimizer over both, mindrlhf with one compiled step each.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from run import bench_common as bc  # noqa: E402
+
+NOTES = [
+    "PPO: TRL reuses the generation logits for the rollout log-probs (3 scoring forwards); mindrlhf runs "
+    "actor, reference, critic and reward model in one scoring graph (4 forwards).",
+    "PPO: TRL steps one AdamW over policy+value per mini-batch; mindrlhf runs a compiled actor step and a "
+    "compiled critic step. Both: fp32, no gradient checkpointing, temperature 1, EOS off.",
+    "PPO tokens/s = B·N generated tokens / seconds per whole iteration.",
+]
+
+
+def prompts_for(args, vocab_size: int) -> np.ndarray:
+    rng = np.random.default_rng(args.seed)
+    return rng.integers(len(bc.SPECIALS), vocab_size, (args.batch, args.prompt_len)).astype(np.int32)
+
+
+def summarize(iterations: list, args) -> dict:
+    """Warm-up (the first) and the mean of the timed iterations; rates over the whole iteration."""
+    first, timed = iterations[0], iterations[1:]
+    mean = {k: float(np.mean([it[k] for it in timed])) for k in timed[0]}
+    out = {"first_s": first["total"], "step_s": mean["total"], "compile_s": first["total"] - mean["total"],
+           "iterations": iterations}
+    for k in ("generate", "score", "train"):
+        out[f"time_{k}"] = mean[k]
+        out[f"first_{k}"] = first[k]
+    out["time_other"] = mean["total"] - mean["generate"] - mean["score"] - mean["train"]
+    out["cpu_step_s"] = mean.get("cpu", float("nan"))
+    tokens = args.batch * args.new_tokens
+    out["tokens_per_s"] = tokens / mean["total"]
+    out["gen_tokens_per_s"] = tokens / mean["generate"]
+    out["train_tokens_per_s"] = args.epochs * args.batch * (args.prompt_len + args.new_tokens) / mean["train"]
+    out["profile"] = {k: mean[k] for k in mean if k not in ("total", "generate", "score", "train", "cpu")}
+    return out
+
+
+class Timed:
+    """Wraps a callable (a compiled Cell, a function) and adds its wall time to ``sink[name]``."""
+
+    def __init__(self, fn, sink: dict, name: str):
+        self.fn, self.sink, self.name = fn, sink, name
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - t0
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+
+# ------------------------------------------------------------------------------------ sides
+def side_prepare(args) -> dict:
+    config = bc.hf_config(args.size, args.prompt_len + args.new_tokens)
+    bc.write_random_lm(config, os.path.join(args.dir, "policy"), seed=1)
+    bc.write_reward_folder(config, os.path.join(args.dir, "reward"), seed=2)
+    with open(os.path.join(args.dir, "prompts.jsonl"), "w", encoding="utf-8") as f:
+        for _ in range(args.batch):  # the trainer wants a prompts file (>= one batch); rows come from ids
+            f.write(json.dumps({"prompt": "t4 t5 t6"}) + "\n")
+    return {"vocab_size": config["vocab_size"]}
+
+
+def side_ours(args) -> dict:
+    import mindspore as ms
+
+    from mindrlhf.runtime import RuntimeConfig
+    from mindrlhf.trainers.ppo import PPOAlgoConfig, PPOConfig, PPODataConfig, PPOTrainer, RolloutConfig
+
+    if args.graph_kernel:
+        ms.set_context(enable_graph_kernel=True)
+    if args.ms_threads:
+        ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
+    t0 = time.perf_counter()
+    cfg = PPOConfig(policy=os.path.join(args.dir, "policy"), reward_model=os.path.join(args.dir, "reward"),
+                    out_dir=os.path.join(args.dir, "ours_run"), progress=False,
+                    data=PPODataConfig(prompts=os.path.join(args.dir, "prompts.jsonl"), max_prompt_length=64),
+                    rollout=RolloutConfig(batch_size=args.batch, max_new_tokens=args.new_tokens, temperature=1.0),
+                    ppo=PPOAlgoConfig(iterations=args.iters + 1, epochs=args.epochs, mini_batch_size=args.mini_batch),
+                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or ""))
+    trainer = PPOTrainer(cfg)
+    trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side
+    ids = prompts_for(args, trainer.actor_lm.config.vocab_size)
+    prompts = [argparse.Namespace(input_ids=row.tolist()) for row in ids]
+    setup_s = time.perf_counter() - t0
+
+    sink: dict = {}  # finer profile: the compiled passes and steps inside the phases
+    trainer.scoring = Timed(trainer.scoring, sink, "score_graph")
+    trainer.advantage = Timed(trainer.advantage, sink, "advantage_graph")
+    trainer.actor_updater.step = Timed(trainer.actor_updater.step, sink, "actor_steps")
+    trainer.critic_updater.step = Timed(trainer.critic_updater.step, sink, "critic_steps")
+    iterations = []
+    for it in range(args.iters + 1):
+        sink.clear()
+        seed = args.seed * 100_003 + it * 1_009
+        bc.PHASE["now"] = f"iteration {it}: rollout (generate, score, advantages)"
+        t0, c0 = time.perf_counter(), time.process_time()
+        exp, times = trainer.rollout(prompts, seed)
+        metrics = trainer.experience_stats(exp, prompts, times)
+        t1 = time.perf_counter()
+        bc.PHASE["now"] = f"iteration {it}: update (actor and critic steps)"
+        metrics.update(trainer.update(exp, seed))
+        t2 = time.perf_counter()
+        trainer.kl_ctl.update(metrics["kl"], args.batch)
+        if exp.response_mask.sum() != args.batch * args.new_tokens:
+            raise RuntimeError(f"ours generated {exp.response_mask.sum()} tokens, expected B·N")
+        row = {"total": time.perf_counter() - t0, "cpu": time.process_time() - c0, "generate": times["time_generate"],
+               "score": t1 - t0 - times["time_generate"], "train": t2 - t1, **sink}
+        iterations.append(row)
+        print(f"[ours {args.size}] iteration {it}: {row['total']:.2f} s (gen {row['generate']:.2f}, "
+              f"score {row['score']:.2f}, train {row['train']:.2f}); pg_loss {metrics['pg_loss']:.4f}", flush=True)
+    out = summarize(iterations, args)
+    out.update(setup_s=setup_s, jit_level=args.jit_level, graph_kernel=args.graph_kernel, ms_threads=args.ms_threads,
+               versions=bc.versions("mindspore", "numpy"))
+    return out
+
+
+def side_trl(args) -> dict:
+    import torch
+    import transformers
+    from datasets import Dataset
+    from safetensors.numpy import load_file
+
+    try:  # TRL 0.29+ keeps PPO only here; 0.2x also export it at the top level
+        from trl.experimental.ppo import ppo_trainer as ppo_module
+    except ImportError:
+        from trl.trainer import ppo_trainer as ppo_module
+    PPOConfig, PPOTrainer = ppo_module.PPOConfig, ppo_module.PPOTrainer
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    policy_dir, reward_dir = os.path.join(args.dir, "policy"), os.path.join(args.dir, "reward")
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=os.path.join(policy_dir, "tokenizer.json"),
+        pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+    policy = transformers.AutoModelForCausalLM.from_pretrained(policy_dir)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(policy_dir)
+    head = load_file(os.path.join(reward_dir, "reward_head.safetensors"))
+
+    def scalar_model():
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+        with torch.no_grad():
+            model.score.weight.copy_(torch.from_numpy(head["weight"].T.copy()))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    reward, value = scalar_model(), scalar_model()
+    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    ids = prompts_for(args, policy.config.vocab_size)
+    n_iters = args.iters + 1
+    dataset = Dataset.from_dict({"input_ids": [row.tolist() for row in ids] * n_iters})
+    config = PPOConfig(
+        output_dir=os.path.join(args.dir, "trl_run"), report_to="none", save_strategy="no", disable_tqdm=True,
+        logging_steps=1000, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, seed=args.seed,
+        per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+        num_mini_batches=args.batch // args.mini_batch, num_ppo_epochs=args.epochs,
+        total_episodes=args.batch * n_iters, local_rollout_forward_batch_size=args.batch,
+        response_length=args.new_tokens, stop_token=None, temperature=1.0, num_sample_generations=0,
+        learning_rate=2e-4, kl_coef=0.05, missing_eos_penalty=1.0, dataloader_num_workers=0)
+    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=dataset, eval_dataset=dataset)
+    setup_s = time.perf_counter() - t0
+
+    # Phase marks: generation is batch_generation; training starts at the first forward with grad on;
+    # an iteration ends where the next one's generation starts (or train() returns).
+    marks: list = []
+    sink: dict = {}
+    generate_fn, forward_fn, reward_fn = ppo_module.batch_generation, ppo_module.forward, ppo_module.get_reward
+
+    def timed_generation(*a, **k):
+        marks.append({"gen_start": time.perf_counter(), "cpu_start": time.process_time(), "sink": dict(sink)})
+        out = generate_fn(*a, **k)
+        marks[-1]["gen_end"] = time.perf_counter()
+        if out[0].shape[1] - ids.shape[1] != args.new_tokens:
+            raise RuntimeError(f"TRL generated {out[0].shape[1] - ids.shape[1]} tokens, expected {args.new_tokens}")
+        return out
+
+    def timed_forward(*a, **k):
+        if torch.is_grad_enabled() and "train_start" not in marks[-1]:
+            marks[-1]["train_start"] = time.perf_counter()
+        name = "train_forward" if torch.is_grad_enabled() else "ref_forward"
+        return Timed(forward_fn, sink, name)(*a, **k)
+
+    ppo_module.batch_generation = timed_generation
+    ppo_module.forward = timed_forward
+    ppo_module.get_reward = Timed(reward_fn, sink, "value_reward_forward")
+    trainer.accelerator.backward = Timed(trainer.accelerator.backward, sink, "backward")
+    trainer.optimizer.step = Timed(trainer.optimizer.step, sink, "optimizer_step")
+    bc.PHASE["now"] = "train()"
+    import gc  # TRL collects garbage twice per iteration: visible in the profile
+
+    ppo_module.gc = argparse.Namespace(collect=Timed(gc.collect, sink, "gc_collect"))
+    trainer.train()
+    end, cpu_end = time.perf_counter(), time.process_time()
+
+    iterations = []
+    for i, m in enumerate(marks):
+        stop = marks[i + 1]["gen_start"] if i + 1 < len(marks) else end
+        cpu_stop = marks[i + 1]["cpu_start"] if i + 1 < len(marks) else cpu_end
+        after = marks[i + 1]["sink"] if i + 1 < len(marks) else sink
+        row = {"total": stop - m["gen_start"], "cpu": cpu_stop - m["cpu_start"],
+               "generate": m["gen_end"] - m["gen_start"],
+               "score": m["train_start"] - m["gen_end"], "train": stop - m["train_start"]}
+        row.update({k: after.get(k, 0.0) - m["sink"].get(k, 0.0) for k in after})
+        iterations.append(row)
+        print(f"[trl {args.size}] iteration {i}: {row['total']:.2f} s (gen {row['generate']:.2f}, "
+              f"score {row['score']:.2f}, train {row['train']:.2f})", flush=True)
+    out = summarize(iterations, args)
+    out.update(setup_s=setup_s, versions=bc.versions("trl", "torch", "transformers", "accelerate"))
+    return out
+
+
+# ------------------------------------------------------------------------------------ orchestration
+def child_args(args, side: str, size: str, folder: str) -> list:
+    out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
+           "--prompt-len", args.prompt_len, "--new-tokens", args.new_tokens, "--epochs", args.epochs,
+           "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads]
+    if args.jit_level:
+        out += ["--jit-level", args.jit_level]
+    if args.graph_kernel:
+        out += ["--graph-kernel"]
+    if args.ms_threads:
+        out += ["--ms-threads", args.ms_threads]
+    return out
+
+
+def orchestrate(args) -> dict:
+    rows, vers = [], {}
+    here = os.path.abspath(__file__)
+    for size in args.sizes.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"bench_ppo_{size}_") as folder:
+            prep = bc.run_child(sys.executable, here, child_args(args, "prepare", size, folder), args.timeout)
+            if "error" in prep:
+                raise RuntimeError(f"preparing the {size} model folders failed: {prep['error']}")
+            ours = ({"error": "skipped (--sides trl)"} if args.sides == "trl" else
+                    bc.run_child(sys.executable, here, child_args(args, "ours", size, folder), args.timeout))
+            peer = ({"error": "skipped (--sides ours)"} if args.sides == "ours" else
+                    bc.run_child(args.trl_python, here, child_args(args, "trl", size, folder), args.timeout))
+        vers.update(ours.get("versions", {}), **peer.get("versions", {}))
+        settings = {k: getattr(args, k) for k in ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch",
+                                                  "iters", "jit_level", "graph_kernel", "threads",
+                                                  "ms_threads")}
+        rows.append({"bench": "ppo", "size": size, "settings": settings, "ours": ours,
+                     "peer_name": "trl " + peer.get("versions", {}).get("trl", "?"), "peer": peer,
+                     "speed_metric": "tokens_per_s", "speedup": bc.speedup(ours, peer, "tokens_per_s"),
+                     "notes": NOTES})
+        for name, d in (("ours", ours), ("trl", peer)):
+            if "error" in d:
+                print(f"[{size}] {name}: {d['error']}")
+            else:
+                print(f"[{size}] {name}: {d['step_s']:.2f} s/iteration ({d['tokens_per_s']:.1f} tok/s, CPU "
+                      f"{d['cpu_step_s']:.2f} s/iteration), first "
+                      f"{d['first_s']:.1f} s, gen/score/train {d['time_generate']:.2f}/{d['time_score']:.2f}/"
+                      f"{d['time_train']:.2f} s, peak RSS {d['peak_rss_mb']:.0f} MB; profile "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in d["profile"].items()), flush=True)
+        print(f"[{size}] speedup (ours/TRL tokens/s): {rows[-1]['speedup']}", flush=True)
+    return {"versions": vers, "rows": rows}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,gpt2", help="model presets, comma-separated")
+    parser.add_argument("--batch", type=int, default=8, help="B: prompts per iteration")
+    parser.add_argument("--prompt-len", type=int, default=32, help="P (a multiple of 16: no bucket padding)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="N: generated tokens per prompt")
+    parser.add_argument("--epochs", type=int, default=1, help="E: PPO epochs per rollout")
+    parser.add_argument("--mini-batch", type=int, default=4, help="rows per optimizer step")
+    parser.add_argument("--iters", type=int, default=2, help="timed iterations after the warm-up one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--ms-threads", type=int, default=0,
+                        help="MindSpore CPU kernel threads (device_context.cpu.op_tuning.threads_num); 0 = its default")
+    parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
+    parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
+    parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"],
+                        help="run one side only (lever sweeps)")
+    parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
+    parser.add_argument("--json", default=None, help="write the rows (bench_common's format) here")
+    parser.add_argument("--max-rss-gb", type=float, default=bc.default_memory_guard_gb(),
+                        help="end a side whose resident memory passes this (default: 70%% of RAM); 0 = off")
+    # child-process arguments
+    parser.add_argument("--side", default=None, choices=["prepare", "ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.batch % args.mini_batch:
+        parser.error(f"--mini-batch {args.mini_batch} must divide --batch {args.batch}")
+    if args.side:
+        bc.guard_memory(args.max_rss_gb, args.result)
+        fn = {"prepare": side_prepare, "ours": side_ours, "trl": side_trl}[args.side]
+        bc.write_result(args.result, fn(args))
+        return
+    report = orchestrate(args)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()

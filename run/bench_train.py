@@ -1,0 +1,187 @@
+"""Benchmark: SFT train-step tokens/s of mindrlhf (SFTLoss + Updater, graph mode) against a plain torch loop.
+
+    python run/bench_train.py --sizes tiny,gpt2 --batch 8 --seq-len 64 --steps 5
+
+Both sides load the same random HuggingFace folder (ours through ``CausalLM.from_pretrained``, theirs
+through transformers) and take optimizer steps on the same random batch: masked next-token NLL over
+the second half of each row (the "response"), global-norm clipping at 1.0, AdamW (betas 0.9/0.95).
+Each side runs in its own process; the first step (compilation for ours) is reported as ``first_s``,
+the rest are timed. The first-step losses of both sides are reported too: equal losses show that both
+ran the same model on the same batch.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from run import bench_common as bc  # noqa: E402
+
+NOTES = ["train: tokens/s = B·T tokens per optimizer step (forward, backward, clipping, AdamW) / seconds per step."]
+
+
+def batch(args, vocab_size: int):
+    """(input_ids [B, T] int32, loss_mask [B, T] float32, normalizer = Σ loss_mask[:, 1:])."""
+    rng = np.random.default_rng(args.seed)
+    ids = rng.integers(len(bc.SPECIALS), vocab_size, (args.batch, args.seq_len)).astype(np.int32)
+    loss_mask = np.zeros((args.batch, args.seq_len), np.float32)
+    loss_mask[:, args.seq_len // 2:] = 1.0
+    return ids, loss_mask, float(loss_mask[:, 1:].sum())
+
+
+def summarize(times: list, cpu: list, losses: list, args) -> dict:
+    """``cpu``: process CPU seconds per step (all threads); on a busy machine it moves less than wall time."""
+    step_s = float(np.mean(times[1:]))
+    return {"first_s": times[0], "step_s": step_s, "compile_s": times[0] - step_s, "times": times,
+            "cpu_step_s": float(np.mean(cpu[1:])),
+            "tokens_per_s": args.batch * args.seq_len / step_s, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def side_prepare(args) -> dict:
+    config = bc.hf_config(args.size, args.seq_len)
+    bc.write_random_lm(config, os.path.join(args.dir, "model"), seed=3)
+    return {"vocab_size": config["vocab_size"]}
+
+
+def side_ours(args) -> dict:
+    import mindspore as ms
+
+    from mindrlhf.nn import CausalLM
+    from mindrlhf.trainers.sft import SFTLoss
+    from mindrlhf.trainers.step import OptimConfig, Updater
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    if args.jit_level:
+        ms.set_context(jit_config={"jit_level": args.jit_level})
+    if args.graph_kernel:
+        ms.set_context(enable_graph_kernel=True)
+    if args.ms_threads:
+        ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
+    model = CausalLM.from_pretrained(os.path.join(args.dir, "model"))
+    cfg = OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant", max_grad_norm=1.0)
+    updater = Updater(SFTLoss(model), model.trainable_params(), cfg, total_steps=args.steps + 1)
+    ids, loss_mask, normalizer = batch(args, model.config.vocab_size)
+    inputs = (ms.Tensor(ids), ms.Tensor(np.ones_like(ids)), ms.Tensor(loss_mask), ms.Tensor(normalizer, ms.float32))
+    times, cpu, losses = [], [], []
+    for step in range(args.steps + 1):
+        bc.PHASE["now"] = f"step {step}"
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss, _, _ = updater.step([inputs])  # returns numpy values: the step has finished
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        losses.append(loss)
+        print(f"[ours {args.size}] step {step}: {times[-1]:.3f} s, loss {loss:.5f}", flush=True)
+    out = summarize(times, cpu, losses, args)
+    out.update(jit_level=args.jit_level, graph_kernel=args.graph_kernel, versions=bc.versions("mindspore"))
+    return out
+
+
+def side_torch(args) -> dict:
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(args.dir, "model"))
+    model.eval()  # dropout off (GPT-2's config has 0.1; mindrlhf has none): eval() changes nothing else here
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    ids, loss_mask, normalizer = batch(args, model.config.vocab_size)
+    ids, loss_mask = torch.from_numpy(ids).long(), torch.from_numpy(loss_mask)
+    times, cpu, losses = [], [], []
+    for step in range(args.steps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1]
+        logprobs = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        loss = -(logprobs * loss_mask[:, 1:]).sum() / normalizer
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        losses.append(value)
+        print(f"[torch {args.size}] step {step}: {times[-1]:.3f} s, loss {value:.5f}", flush=True)
+    out = summarize(times, cpu, losses, args)
+    out.update(versions=bc.versions("torch", "transformers"))
+    return out
+
+
+def child_args(args, side: str, size: str, folder: str) -> list:
+    out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
+           "--seq-len", args.seq_len, "--steps", args.steps, "--seed", args.seed, "--threads", args.threads]
+    for flag, value in (("--jit-level", args.jit_level), ("--ms-threads", args.ms_threads)):
+        if value:
+            out += [flag, value]
+    return out + (["--graph-kernel"] if args.graph_kernel else [])
+
+
+def orchestrate(args) -> dict:
+    rows, vers = [], {}
+    here = os.path.abspath(__file__)
+    for size in args.sizes.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"bench_train_{size}_") as folder:
+            prep = bc.run_child(sys.executable, here, child_args(args, "prepare", size, folder), args.timeout)
+            if "error" in prep:
+                raise RuntimeError(f"preparing the {size} model folder failed: {prep['error']}")
+            ours = ({"error": "skipped (--sides torch)"} if args.sides == "torch" else
+                    bc.run_child(sys.executable, here, child_args(args, "ours", size, folder), args.timeout))
+            peer = ({"error": "skipped (--sides ours)"} if args.sides == "ours" else
+                    bc.run_child(args.torch_python, here, child_args(args, "torch", size, folder), args.timeout))
+        vers.update(ours.get("versions", {}), **peer.get("versions", {}))
+        settings = {"batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "jit_level": args.jit_level,
+                    "graph_kernel": args.graph_kernel, "threads": args.threads, "ms_threads": args.ms_threads}
+        rows.append({"bench": "train", "size": size, "settings": settings, "ours": ours,
+                     "peer_name": "torch " + peer.get("versions", {}).get("torch", "?") + " loop", "peer": peer,
+                     "speed_metric": "tokens_per_s", "speedup": bc.speedup(ours, peer, "tokens_per_s"),
+                     "notes": NOTES})
+        for name, d in (("ours", ours), ("torch", peer)):
+            if "error" in d:
+                print(f"[{size}] {name}: {d['error']}")
+            else:
+                print(f"[{size}] {name}: {d['step_s']:.3f} s/step ({d['tokens_per_s']:.0f} tok/s, CPU "
+                      f"{d['cpu_step_s']:.3f} s/step), first "
+                      f"{d['first_s']:.1f} s, first loss {d['first_loss']:.5f}, peak RSS {d['peak_rss_mb']:.0f} MB")
+        print(f"[{size}] speedup (ours/torch tokens/s): {rows[-1]['speedup']}", flush=True)
+    return {"versions": vers, "rows": rows}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,gpt2", help="model presets, comma-separated")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--ms-threads", type=int, default=0, help="MindSpore CPU kernel threads; 0 = its default")
+    parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
+    parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
+    parser.add_argument("--sides", default="both", choices=["both", "ours", "torch"])
+    parser.add_argument("--torch-python", default=bc.bench_python(), help="interpreter for the torch loop")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per child process")
+    parser.add_argument("--json", default=None, help="write the rows (bench_common's format) here")
+    parser.add_argument("--max-rss-gb", type=float, default=bc.default_memory_guard_gb(),
+                        help="end a side whose resident memory passes this (default: 70%% of RAM); 0 = off")
+    parser.add_argument("--side", default=None, choices=["prepare", "ours", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        bc.guard_memory(args.max_rss_gb, args.result)
+        fn = {"prepare": side_prepare, "ours": side_ours, "torch": side_torch}[args.side]
+        bc.write_result(args.result, fn(args))
+        return
+    report = orchestrate(args)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()
