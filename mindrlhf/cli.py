@@ -106,6 +106,20 @@ def _eval_rm(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from .generation import generate_file
+    from .runtime import RuntimeConfig
+
+    s = generate_file(args.model, args.prompts, args.out, tokenizer=args.tokenizer,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                      chat_template=not args.no_chat_template, progress=not args.no_progress,
+                      runtime_cfg=RuntimeConfig(device=args.device, seed=args.seed))
+    print(f"[generate] {s['prompts']} responses ({s['finished']} ended with EOS, {s['tokens']} tokens, "
+          f"{s['tokens'] / max(s['seconds'], 1e-9):.1f} tokens/s) → {args.out}")
+    return 0
+
+
 def _data_export(args) -> int:
     from .data.mindrecord import export_mindrecord
 
@@ -202,6 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
     er.add_argument("--no-save", action="store_true", help="print only; do not write rm_stats.json")
     er.set_defaults(func=_eval_rm)
+
+    g = sub.add_parser("generate", help="answer every prompt of a prompts JSONL file; one JSONL line per prompt")
+    g.add_argument("--model", required=True, help="model folder with its tokenizer, a .gguf file/name, or a preset "
+                                                  "(random weights; needs --tokenizer)")
+    g.add_argument("--tokenizer", default="", help="tokenizer folder/file; default: the model's own")
+    g.add_argument("--prompts", required=True, help="prompts JSONL ({\"prompt\": ...} per line)")
+    g.add_argument("--out", required=True, help="JSONL to write: prompt, response, num_tokens, finished, sum_logprob")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 = sampling")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 = off")
+    g.add_argument("--seed", type=int, default=0, help="same seed and batch size → same samples")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts per generation call")
+    g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as it is (base models)")
+    g.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=_generate)
 
     c = sub.add_parser("convert", help="read a HuggingFace folder and write it back through our model")
     c.add_argument("src", nargs="?", help="HuggingFace folder (config.json + safetensors)")

@@ -83,11 +83,14 @@ def encode_rankings(records: Sequence[Ranking], tokenizer, max_length: int, skip
 
 
 def encode_prompts(records: Sequence[PromptRecord], tokenizer, max_prompt_length: int,
-                   skip_invalid: bool = False) -> Records:
-    """Records of :class:`EncodedPrompt` via ``tokenizer.encode_prompt``; each must fit max_prompt_length."""
+                   skip_invalid: bool = False, chat_template: bool = True) -> Records:
+    """Records of :class:`EncodedPrompt` via ``tokenizer.encode_prompt``; each must fit max_prompt_length.
+
+    ``chat_template=False`` feeds the text as it is (after ``<bos>`` when the tokenizer has one), for base
+    models that were never taught a template and should just continue the text."""
     out = Records(skipped=getattr(records, "skipped", 0), skip_reasons=getattr(records, "skip_reasons", []))
     for r in records:
-        ids = tokenizer.encode_prompt(r.prompt)
+        ids = tokenizer.encode_prompt(r.prompt) if chat_template else _plain_prompt(tokenizer, r.prompt)
         if len(ids) > max_prompt_length:
             error = _too_long(r.where, "prompt", len(ids), max_prompt_length, "max_prompt_length")
             if not skip_invalid:
@@ -97,6 +100,10 @@ def encode_prompts(records: Sequence[PromptRecord], tokenizer, max_prompt_length
         out.append(EncodedPrompt(ids, r.prompt, dict(r.meta), r.where))
     _check_not_empty(out, "prompts")
     return out
+
+
+def _plain_prompt(tokenizer, text: str) -> List[int]:
+    return ([] if tokenizer.bos_id is None else [tokenizer.bos_id]) + tokenizer.encode(text)
 
 
 def _check_not_empty(out: Records, kind: str) -> None:

@@ -1,0 +1,132 @@
+"""`mindrlhf generate`: answer every prompt of a prompts JSONL file with a model, one output line per prompt.
+
+Input is the project's prompt format (``{"prompt": "...", ...}``; a bad line is a DataError naming
+file:line). Each output line, in input order::
+
+    {"prompt": "...", "response": "...", "num_tokens": 17, "finished": true, "sum_logprob": -12.3,
+     "meta": {...}}          # "meta": the prompt line's other keys, only when it has some
+
+- ``num_tokens``: response tokens generated, the closing EOS included when there is one;
+- ``finished``: the response ended with EOS (false: cut at ``max_new_tokens``);
+- ``sum_logprob``: Σ_t log softmax(logits_t / T)[y_t] over those tokens, T = the temperature (1 for
+  greedy); top-k/top-p filtering is not applied to it (as in :class:`mindrlhf.nn.generate.TokenChooser`).
+
+Prompts go through the tokenizer's chat template, exactly as SFT trained and evaluation feeds them
+(:func:`mindrlhf.data.encoding.encode_prompts`); ``chat_template=False`` feeds plain text to a base model.
+Generation is the compiled engine (:class:`mindrlhf.nn.generate.Generator`) in batches of ``batch_size``
+prompts; batch ``b`` samples with seed ``seed + b``, so a run is reproducible from its seed and batch
+size. The output file appears whole or not at all (written to a temporary file, then renamed).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import runtime
+from .data.encoding import EncodedPrompt, encode_prompts
+from .data.formats import load_prompts, write_jsonl
+from .data.tokenizer import Tokenizer
+from .runtime import RuntimeConfig
+
+
+def sampling_config(tokenizer, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                    seed: int = 0):
+    """A GenerationConfig for ``tokenizer``: temperature 0 = greedy (top-k/top-p then unused), > 0 = sampling."""
+    from .nn.generate import GenerationConfig
+
+    if temperature < 0:
+        raise ValueError(f"generate: temperature={temperature}; expected 0 (greedy) or a positive temperature")
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                              temperature=temperature if temperature > 0 else 1.0, top_k=top_k, top_p=top_p,
+                              eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, seed=seed)
+    config.validate()
+    return config
+
+
+def load_generation_model(model: str, tokenizer: str = ""):
+    """(CausalLM, Tokenizer) from a model folder or .gguf file/name holding its tokenizer, or from a
+    model preset (random weights: for smoke tests and timing) with ``tokenizer`` naming one."""
+    from .nn.gguf import is_gguf
+    from .roles import load_lm
+
+    if not tokenizer and not (os.path.isdir(model) or is_gguf(model)):
+        raise FileNotFoundError(f"generate: model {model!r} is neither a model folder nor a .gguf file/name, so it "
+                                "brings no tokenizer; pass --tokenizer DIR (a model preset gets random weights)")
+    tok = Tokenizer.load(tokenizer or model)
+    return load_lm(model, tok.vocab_size), tok
+
+
+def answer_prompts(generator, tokenizer, prompts: Sequence[EncodedPrompt], config, batch_size: int = 16,
+                   progress: bool = False) -> list:
+    """One output record (module docstring) per prompt, in order, generating ``batch_size`` prompts a call.
+
+    A short last batch is filled up with copies of its first prompt (answers dropped) when that keeps
+    the batch shape of the others: one compiled graph fewer, for a few wasted rows."""
+    import dataclasses
+
+    from .nn.generate import batch_bucket
+
+    if batch_size < 1:
+        raise ValueError(f"generate: batch_size={batch_size}; expected >= 1")
+    starts = range(0, len(prompts), batch_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(starts), desc="generate", unit="batch", dynamic_ncols=True, mininterval=1.0)
+    out, tokens, began = [], 0, time.perf_counter()
+    for b, start in enumerate(starts):
+        chunk = list(prompts[start : start + batch_size])
+        rows = [p.input_ids for p in chunk]
+        if len(starts) > 1 and batch_bucket(len(rows)) != batch_bucket(batch_size):
+            rows += [rows[0]] * (batch_size - len(rows))
+        gen = generator.generate(rows, dataclasses.replace(config, seed=config.seed + b))
+        for i, prompt in enumerate(chunk):
+            out.append(_record(prompt, gen.response_ids[i], gen.response_mask[i], gen.logprobs[i], tokenizer))
+            tokens += out[-1]["num_tokens"]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"tokens/s": f"{tokens / (time.perf_counter() - began):.1f}"})
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _record(prompt: EncodedPrompt, ids: np.ndarray, mask: np.ndarray, logprobs: np.ndarray, tokenizer) -> dict:
+    """ids, mask, logprobs: one row [N] of a GenerationOutput."""
+    kept = ids[mask > 0]
+    record = {"prompt": prompt.text, "response": tokenizer.decode(kept), "num_tokens": int(kept.size),
+              "finished": bool(kept.size and kept[-1] == tokenizer.eos_id),
+              "sum_logprob": float(logprobs[mask > 0].sum())}
+    if prompt.meta:
+        record["meta"] = prompt.meta
+    return record
+
+
+def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", max_new_tokens: int = 64,
+                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+                  chat_template: bool = True, progress: bool = True,
+                  runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
+    """Answer every prompt of ``prompts_file`` with ``model`` (see :func:`load_generation_model`) and write
+    the records to ``out`` atomically. Returns a summary: prompts, tokens, finished, seconds, out."""
+    from .nn.generate import Generator
+    from .nn.model import atomic_write
+
+    records = load_prompts(prompts_file)  # a bad line fails here, before a large model is loaded
+    runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
+    lm, tok = load_generation_model(model, tokenizer)
+    config = sampling_config(tok, max_new_tokens, temperature, top_k, top_p, seed)
+    room = lm.config.max_position_embeddings - max_new_tokens
+    if room < 1:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                         f"{lm.config.max_position_embeddings} positions; lower --max-new-tokens")
+    prompts = encode_prompts(records, tok, room, chat_template=chat_template)
+    began = time.perf_counter()
+    answers = answer_prompts(Generator(lm), tok, prompts, config, batch_size, progress)
+    seconds = time.perf_counter() - began
+    atomic_write(out, lambda tmp: write_jsonl(tmp, answers))
+    return {"prompts": len(answers), "tokens": sum(r["num_tokens"] for r in answers),
+            "finished": sum(r["finished"] for r in answers), "seconds": seconds, "out": out}
