@@ -1,6 +1,7 @@
 """The pipeline's report: a Markdown page with the held-out comparison, plots and answers side by side."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -91,7 +92,22 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int) -> 
         lines.append("")
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, "\n".join(lines) + "\n")
+    _write_answers(os.path.join(out_dir, "answers.jsonl"), answers)
     return path
+
+
+def _write_answers(path: str, answers: dict) -> None:
+    """Every held-out answer, one JSON line per (decoding, prompt, policy), for analysis beyond the report."""
+    records = []
+    for decoding, group in answers.items():
+        for i in range(len(group[0].texts)):
+            for a in group:
+                record = {"decoding": decoding, "policy": a.name, "prompt": a.prompts[i], "response": a.texts[i],
+                          "rm_score": float(a.rm_scores[i]), "kl_to_ref": float(a.kl_to_ref[i])}
+                if a.labeler_scores is not None:
+                    record["labeler_score"] = float(a.labeler_scores[i])
+                records.append(json.dumps(record, ensure_ascii=False))
+    atomic_write_text(path, "\n".join(records) + "\n")
 
 
 def _fmt(value) -> str:

@@ -123,15 +123,16 @@ def sample_prompts(world, rng: np.random.Generator, n: int, heldout: bool) -> Li
     """``n`` prompt keys from the training part or the heldout part of the prompt space.
 
     The split is fixed by the world's seed (not by ``rng``), so heldout prompts never occur in training
-    files. Heldout keys are distinct while the heldout part has enough of them.
+    files. Both parts are drawn with replacement from the same sampling process, so heldout prompts
+    follow the training distribution (drawing distinct keys instead would favour the rare ones: prompts
+    naming a seen title of another genre, which are a small share of training prompts).
     """
     keys, probs = _prompt_space(world)
     split_rng = np.random.Generator(np.random.PCG64([world.seed, 7]))
     reserved = split_rng.random(len(keys)) < HELDOUT_FRACTION
     part = reserved if heldout else ~reserved
     idx, p = np.flatnonzero(part), probs[part] / probs[part].sum()
-    distinct = heldout and n <= len(idx)
-    chosen = rng.choice(len(idx), size=n, replace=not distinct, p=p)
+    chosen = rng.choice(len(idx), size=n, replace=True, p=p)
     return [keys[idx[i]] for i in chosen]
 
 
