@@ -185,7 +185,7 @@ def dump_rank_weights(cells: dict, rank: int, step: int) -> None:
 
 
 def _lr(updater) -> float:
-    return float(updater.optimizer.param_groups[0]["lr"].asnumpy())
+    return float(updater.optimizer.lr.asnumpy())
 
 
 def _progress(enabled: bool, total: int, start: int):

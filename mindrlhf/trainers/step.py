@@ -16,6 +16,7 @@ from mindspore import nn, ops
 
 from ..config import field, require
 from .. import runtime
+from .adamw import AdamW
 
 
 @dataclasses.dataclass
@@ -48,16 +49,9 @@ def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(params, cfg: OptimConfig):
-    """``mindspore.experimental.optim.AdamW``: bias-corrected like torch's (``nn.AdamWeightDecay`` is not)."""
-    from mindspore.experimental.optim import AdamW
-
-    return AdamW(list(params), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
-def set_learning_rate(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"].set_data(ms.Tensor(lr, ms.float32))
+def build_optimizer(params, cfg: OptimConfig) -> AdamW:
+    """The fused in-place :class:`~mindrlhf.trainers.adamw.AdamW` (torch's AdamW update) over ``params``."""
+    return AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def global_norm(grads):
@@ -164,7 +158,7 @@ class Updater:
         self.step_count = 0
 
     def step(self, micro_batches):
-        set_learning_rate(self.optimizer, learning_rate(self.cfg, self.step_count, self.total_steps))
+        self.optimizer.set_learning_rate(learning_rate(self.cfg, self.step_count, self.total_steps))
         if self.accum_steps == 1:
             (batch,) = micro_batches
             loss, aux, norm = self.train_step(*batch)
@@ -181,17 +175,26 @@ class Updater:
 
     # ------------------------------------------------------------------ state for checkpoints
     def state_dict(self) -> dict:
-        """Optimizer moments, step counter and lr as name → Tensor (for ``ms.save_checkpoint``)."""
-        return {p.name: p for p in self.optimizer.get_parameters() if p.name not in {q.name for q in self.params}}
+        """Optimizer state (AdamW's m, v and step counter) as name → Parameter, for ``ms.save_checkpoint``."""
+        return self.optimizer.state()
 
     def load_state_dict(self, tensors: dict) -> None:
-        own = {p.name: p for p in self.optimizer.get_parameters()}
-        missing = [name for name in own if name not in tensors and name not in {q.name for q in self.params}]
+        """Restore what :meth:`state_dict` saved (copies, so the checkpoint's tensors are not aliased).
+
+        Names it does not know are ignored: checkpoints of the earlier experimental AdamW also hold AMSGrad
+        state (``max_exp_avg_sq.*``) that this optimizer never uses."""
+        own = self.optimizer.state()
+        missing = [name for name in own if name not in tensors]
         if missing:
-            raise ValueError(f"optimizer state lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        for name, value in tensors.items():
-            if name in own:
-                own[name].set_data(value if isinstance(value, ms.Tensor) else ms.Tensor(value))
+            raise ValueError(f"optimizer state lacks {len(missing)} of {len(own)} tensors, e.g. {missing[:3]}: "
+                             "was the checkpoint written for a different model or set of trainable parameters?")
+        for name, param in own.items():
+            value = tensors[name]
+            value = value.asnumpy() if isinstance(value, ms.Tensor) else value
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"optimizer state {name!r} has shape {tuple(value.shape)} in the checkpoint, "
+                                 f"but the parameter it belongs to has shape {tuple(param.shape)}")
+            param.set_data(ms.Tensor(value, param.dtype))
 
 
 def _numpy(aux):
