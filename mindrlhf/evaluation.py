@@ -111,6 +111,14 @@ def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
     return float(np.mean((candidate > baseline) + 0.5 * (candidate == baseline)))
 
 
+def decisive_win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
+    """wins / (wins + losses): the win rate among prompts where the two answers score differently
+    (NaN when every prompt is a tie). Reported beside :func:`win_rate` because on a task where both
+    policies often reach the best score, ties pull the ½-counted rate toward 0.5."""
+    wins, losses = int(np.sum(candidate > baseline)), int(np.sum(candidate < baseline))
+    return wins / (wins + losses) if wins + losses else float("nan")
+
+
 def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence, cfg: EvalConfig,
             labeler=None, baseline: str = "") -> tuple[dict, dict]:
     """Answer ``prompts`` with each policy (name → folder) under each decoding.
@@ -127,6 +135,8 @@ def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence,
         if base is not None and labeler is not None:
             for a in answers[decoding]:
                 if a is not base:
-                    summary[decoding][a.name][f"win_rate_vs_{base.name}"] = win_rate(a.labeler_scores,
-                                                                                    base.labeler_scores)
+                    row, (x, y) = summary[decoding][a.name], (a.labeler_scores, base.labeler_scores)
+                    row[f"win_rate_vs_{base.name}"] = win_rate(x, y)
+                    row[f"decisive_win_rate_vs_{base.name}"] = decisive_win_rate(x, y)
+                    row[f"ties_vs_{base.name}"] = float(np.mean(x == y))
     return summary, answers
