@@ -38,7 +38,7 @@ echo "== SFT train step: mindrlhf vs a torch loop"
     --torch-python "$VENV/bin/python" --json "$OUT/train.json" $EXTRA
 
 echo "== generation: mindrlhf vs transformers generate"
-"$PY" run/bench_generate.py --sizes "$SIZES" --batches 8 --prompt-len 32 --new-tokens 64 --repeats 2 \
+"$PY" run/bench_generate.py --sizes "$SIZES" --batches 8,32 --prompt-len 64 --new-tokens 128 --repeats 2 \
     --threads "$THREADS" --json "$OUT/generate.json"
 
 "$PY" run/bench_common.py report "$OUT/ppo.json" "$OUT/train.json" "$OUT/generate.json" \
