@@ -7,6 +7,10 @@ Each stage writes its product under ``out_dir`` and is skipped when that product
 a killed pipeline is resumed by running the same command again (a stage killed mid-way resumes from
 its own newest checkpoint). Stage sections are the stages' own configs; paths in them may use
 ``{out_dir}``, filled in at run time.
+
+``sft.model`` a preset trains a sentencepiece tokenizer on the task's corpus (the model starts random);
+a pretrained model (folder or GGUF) keeps its own tokenizer, and ``compare_base`` adds the untouched
+model to the report as the policy ``base``.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import time
 from typing import Optional
 
 from . import runtime
-from .config import field, save_config
+from .config import field, require, save_config
 from .evaluation import EvalConfig, compare
 from .runtime import RuntimeConfig
 from .trainers.ppo import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
@@ -41,6 +45,7 @@ class RankingsConfig:
     max_prompts: int = field(0, "prompts used for rankings (0 = all)")
     temperature: float = field(1.0, "sampling temperature of the K responses")
     max_new_tokens: int = field(48, "response length limit")
+    batch_prompts: int = field(16, "prompts per generation batch (each brings k rows)")
 
 
 @dataclasses.dataclass
@@ -48,7 +53,7 @@ class PipelineConfig:
     out_dir: str = field("runs/pipeline", "run folder holding every stage's output and the report")
     builtin: BuiltinConfig = field(BuiltinConfig(), "the built-in task")
     sft: SFTConfig = field(SFTConfig(
-        tokenizer="{out_dir}/data/tokenizer", out_dir="{out_dir}/sft",
+        out_dir="{out_dir}/sft",
         data=SFTDataConfig(train="{out_dir}/data/demonstrations.jsonl", max_length=96)), "stage 1")
     rankings: RankingsConfig = field(RankingsConfig(), "comparison data for stage 2")
     rm: RMConfig = field(RMConfig(
@@ -59,7 +64,19 @@ class PipelineConfig:
         data=PPODataConfig(prompts="{out_dir}/data/prompts.jsonl", labeler_world="{out_dir}/data/world.json"),
         rollout=RolloutConfig(), ppo=PPOAlgoConfig()), "stage 3")
     eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and PPO")
+    compare_base: bool = field(False, "also evaluate the untouched sft.model as policy 'base' (pretrained models only)")
     runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed (used by every stage)")
+
+    def validate(self):
+        require(not self.compare_base or _pretrained(self.sft.model), "compare_base",
+                f"sft.model={self.sft.model!r} is a randomly initialised preset; only a pretrained model "
+                "(HuggingFace folder or GGUF) is worth comparing")
+
+
+def _pretrained(spec: str) -> bool:
+    from .nn.gguf import is_gguf
+
+    return os.path.isdir(spec) or is_gguf(spec)
 
 
 def _fill(obj, out_dir: str):
@@ -70,6 +87,15 @@ def _fill(obj, out_dir: str):
             setattr(obj, f.name, value.replace("{out_dir}", out_dir))
         elif dataclasses.is_dataclass(value):
             _fill(value, out_dir)
+
+
+def _base_folder(spec: str, directory: str) -> str:
+    """The untouched starting model as a HuggingFace folder (the evaluator loads policies from folders)."""
+    from .nn.gguf import gguf_to_hf_folder, is_gguf
+
+    if is_gguf(spec) and not _done(directory):
+        gguf_to_hf_folder(spec, directory)
+    return directory if is_gguf(spec) else spec
 
 
 def _done(model_dir: str) -> bool:
@@ -92,10 +118,13 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     _fill(cfg, out)
     for stage in (cfg.sft, cfg.rm, cfg.ppo):
         stage.runtime = cfg.runtime
+    data_dir = os.path.join(out, "data")
+    own_tokenizer = _pretrained(cfg.sft.model)
+    if not cfg.sft.tokenizer and not own_tokenizer:
+        cfg.sft.tokenizer = os.path.join(data_dir, "tokenizer")
     os.makedirs(out, exist_ok=True)
     save_config(cfg, os.path.join(out, "config.yaml"))
     times: dict = {}
-    data_dir = os.path.join(out, "data")
 
     def timed(name, fn):
         t0 = time.perf_counter()
@@ -104,12 +133,14 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         print(f"[pipeline] {name}: {times[name]:.0f} s", flush=True)
         return result
 
-    if not os.path.isfile(os.path.join(data_dir, "tokenizer", "tokenizer.model")):
+    # world.json is written last by write_builtin_task, tokenizer.model last of all when there is one.
+    if not os.path.isfile(os.path.join(data_dir, "world.json" if own_tokenizer else "tokenizer/tokenizer.model")):
         b = cfg.builtin
 
         def make_data():
             write_builtin_task(data_dir, seed=b.seed, n_train=b.n_train, n_prompts=b.n_prompts, n_heldout=b.n_heldout)
-            train_tokenizer(os.path.join(data_dir, "corpus.txt"), b.vocab_size, os.path.join(data_dir, "tokenizer"))
+            if not own_tokenizer:
+                train_tokenizer(os.path.join(data_dir, "corpus.txt"), b.vocab_size, os.path.join(data_dir, "tokenizer"))
 
         timed("data", make_data)
     if not _done(os.path.join(cfg.sft.out_dir, "model")):
@@ -123,7 +154,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         timed("rankings", lambda: sample_rankings(
             os.path.join(cfg.sft.out_dir, "model"), os.path.join(data_dir, "prompts.jsonl"), cfg.rm.data.train,
             k=r.k, noise=r.noise, seed=cfg.runtime.seed, temperature=r.temperature,
-            max_new_tokens=r.max_new_tokens, max_prompts=r.max_prompts, runtime_cfg=cfg.runtime))
+            max_new_tokens=r.max_new_tokens, batch_prompts=r.batch_prompts, max_prompts=r.max_prompts,
+            runtime_cfg=cfg.runtime))
     if not _done(os.path.join(cfg.rm.out_dir, "model")):
         from .trainers.reward import train_rm
 
@@ -144,7 +176,10 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         tok = Tokenizer.load(sft_model)
         prompts = encode_prompts(load_prompts(os.path.join(data_dir, "heldout_prompts.jsonl")), tok,
                                  cfg.ppo.data.max_prompt_length, skip_invalid=True)
-        return compare({"sft": sft_model, "ppo": os.path.join(cfg.ppo.out_dir, "model")}, sft_model,
+        policies = {"sft": sft_model, "ppo": os.path.join(cfg.ppo.out_dir, "model")}
+        if cfg.compare_base:
+            policies = {"base": _base_folder(cfg.sft.model, os.path.join(out, "base")), **policies}
+        return compare(policies, sft_model,
                        load_reward_model(os.path.join(cfg.rm.out_dir, "model")), prompts, cfg.eval,
                        Labeler(load_world(os.path.join(data_dir, "world.json"))), baseline="sft")
 

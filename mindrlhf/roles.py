@@ -6,23 +6,48 @@ what each role returns:
 - policy (actor / reference): per-token log-probs of a response given its prompt;
 - critic: one value per token, from a scalar head on the trunk's hidden states;
 - reward model: one scalar per sequence, read at the sequence's last real token.
+
+With LoRA, a trainable role is adapters on a frozen base, and a base is loaded once and shared by the
+roles that start from it (:func:`adapted_copy`): a LoRA actor's base is the reference itself.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import mindspore as ms
 from mindspore import nn, ops
 
 from .algos import logprobs_from_logits
 from .nn import CausalLM, ModelConfig, ScalarHead
+from .nn.lora import LoRAConfig, apply_lora, shared_copy
 
 
-def load_lm(spec: str, vocab_size: int, compute_dtype: str = "") -> CausalLM:
-    """A CausalLM from a HuggingFace folder or GGUF file/name (weights loaded), or a preset name/YAML (random init).
+def load_lm(spec: str, vocab_size: int, compute_dtype: str = "", lora: Optional[LoRAConfig] = None) -> CausalLM:
+    """A CausalLM from a HuggingFace folder or GGUF file/name (weights loaded), or a preset name/YAML (random init);
+    with ``lora`` enabled, its adapters are applied and everything else is frozen.
 
     A preset's vocabulary is resized to the tokenizer's ``vocab_size``; a folder's must already cover it.
     """
+    return with_lora(_load(spec, vocab_size, compute_dtype), lora)
+
+
+def with_lora(lm: CausalLM, lora: Optional[LoRAConfig]) -> CausalLM:
+    """``lm`` with ``lora``'s adapters applied (base frozen) when it is enabled; else ``lm`` unchanged."""
+    if lora is not None and lora.enabled:
+        apply_lora(lm, lora)
+    return lm
+
+
+def adapted_copy(base: CausalLM, lora: LoRAConfig) -> CausalLM:
+    """A trainable LM on ``base``'s weights without copying them: ``lora``'s adapters on a second model
+    structure whose Parameters are ``base``'s. ``base`` keeps computing the base model (adapters off)."""
+    if not lora.enabled:
+        raise ValueError("adapted_copy: LoRA is off; a fully trained role needs its own copy of the weights")
+    return with_lora(shared_copy(base), lora)
+
+
+def _load(spec: str, vocab_size: int, compute_dtype: str) -> CausalLM:
     from .nn.gguf import is_gguf
 
     if os.path.isdir(spec) or is_gguf(spec):
@@ -87,3 +112,34 @@ class Policy(nn.Cell):
     def construct(self, input_ids, attention_mask):
         logits = self.lm(input_ids, attention_mask)[:, :-1, :]
         return logprobs_from_logits(logits, input_ids[:, 1:]), logits
+
+
+def frozen(cell: nn.Cell) -> nn.Cell:
+    """``cell`` with every parameter's requires_grad off (a role that never trains)."""
+    for p in cell.get_parameters():
+        p.requires_grad = False
+    return cell
+
+
+def ppo_roles(policy: str, vocab_size: int, reward_model: RewardModel, critic_from: str,
+              actor_lora: LoRAConfig, critic_lora: LoRAConfig) -> tuple[Policy, Policy, Critic]:
+    """(actor, reference, critic) for PPO; ``reward_model`` is the frozen, loaded reward model.
+
+    The reference is the policy loaded once and frozen. A LoRA actor is adapters on the reference's own
+    weights (:func:`adapted_copy`), so the reference is the actor's base with its adapters off; a fully
+    trained actor is a second copy. The critic starts from ``critic_from`` (the reward model's folder:
+    its trunk, and a copy of its head, a better start for V than zeros) or, when empty, from the policy
+    with a zero head; a LoRA critic adapts the frozen reward model's (or the reference's) weights in place
+    of a copy.
+    """
+    reference_lm = load_lm(policy, vocab_size)
+    actor_lm = adapted_copy(reference_lm, actor_lora) if actor_lora.enabled else load_lm(policy, vocab_size)
+    if critic_lora.enabled:
+        trunk = adapted_copy(reward_model.trunk if critic_from else reference_lm, critic_lora)
+    else:
+        trunk = CausalLM.from_pretrained(critic_from) if critic_from else load_lm(policy, vocab_size)
+    critic = Critic(trunk)
+    if critic_from:
+        for name in ("weight", "bias"):
+            getattr(critic.head, name).set_data(ms.Tensor(getattr(reward_model.head, name).asnumpy()))
+    return Policy(actor_lm), frozen(Policy(reference_lm)), critic

@@ -12,6 +12,11 @@ same adapters PEFT puts on separate q_proj/k_proj/... layers); untargeted parts 
 Adapter parameters are named `<layer path>.lora_A.<part>` / `.lora_B.<part>`, e.g.
 `layers.0.attn.qkv_proj.lora_A.q`. Within one fused layer the targeted parts share one dropout mask.
 
+Frozen weights are shared, not copied, between roles: `shared_copy(model)` is a second model over the
+same Parameters without adapters (the PPO reference of a LoRA actor), and LoRA applied to such a copy
+adapts the same base again (a critic on the reward model's trunk). `merged_weights`/`save_merged` write
+the merged model without touching the adapted one.
+
 Order of work: `apply_lora` (or `load_adapters`) first, then build train steps / generators around
 the model; after `merge_lora`, build them again. Swapping sub-cells does not reach graphs that
 MindSpore already compiled for cells wrapping the model (the model's own cache is cleared here).
@@ -26,27 +31,38 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
+from mindrlhf.config import field, require
 from mindrlhf.nn.layers import Linear
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+# Next to a stage's merged model/. Not PEFT's adapter_model.safetensors + adapter_config.json: with those,
+# transformers would load the folder as an adapter on a base model instead of as the merged model.
+ADAPTER_FILE = "lora_adapters.safetensors"
 
 
 @dataclass
 class LoRAConfig:
-    rank: int = 8                                   # r, the adapters' inner width
-    alpha: float = 16.0                             # the update is scaled by alpha / rank
-    dropout: float = 0.0                            # dropout on the adapters' input (training only)
-    targets: Tuple[str, ...] = ("q", "k", "v", "o")  # projections that get adapters, from TARGETS
+    """Adapter shape, and (as a stage's ``lora:`` section) whether the stage trains adapters at all.
+
+    In a stage config LoRA is off unless ``enabled: true``; the other keys are then the adapters' shape."""
+    enabled: bool = field(True, "train LoRA adapters (and any head) instead of every weight, the base frozen; "
+                                "false in every stage's lora section unless set")
+    rank: int = field(8, "r, the adapters' inner width")
+    alpha: float = field(16.0, "the update is scaled by alpha / rank")
+    dropout: float = field(0.0, "dropout on the adapters' input while training (SFT and reward model only)")
+    targets: Tuple[str, ...] = field(("q", "k", "v", "o"), f"projections that get adapters, from {list(TARGETS)}")
 
     def __post_init__(self):
         self.targets = tuple(self.targets)
+        self.validate()
+
+    def validate(self):
         unknown = [t for t in self.targets if t not in TARGETS]
-        if unknown or not self.targets:
-            raise ValueError(f"LoRAConfig.targets={list(self.targets)}: expected a non-empty subset of {list(TARGETS)}")
-        if self.rank < 1:
-            raise ValueError(f"LoRAConfig.rank={self.rank} must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRAConfig.dropout={self.dropout} must be in [0, 1)")
+        require(not unknown and bool(self.targets), "lora.targets",
+                f"{list(self.targets)}: expected a non-empty subset of {list(TARGETS)}")
+        require(self.rank >= 1, "lora.rank", f"rank={self.rank} must be >= 1 (turn LoRA off with enabled: false)")
+        require(self.alpha > 0, "lora.alpha", f"alpha={self.alpha} must be > 0")
+        require(0.0 <= self.dropout < 1.0, "lora.dropout", f"dropout={self.dropout} must be in [0, 1)")
 
     @property
     def scale(self) -> float:
@@ -99,8 +115,8 @@ class LoRALinear(Linear):
         delta = ops.concat(pieces, -1) if len(pieces) > 1 else pieces[0]
         return y + (delta * self.scale).reshape(lead + (self.out_features,))
 
-    def merged(self) -> Linear:
-        """A plain Linear with W + scale * B A on the targeted row blocks (numpy, fp32)."""
+    def merged_weight(self) -> np.ndarray:
+        """W + scale * B A on the targeted row blocks, [out, in] (numpy, fp32); the layer is unchanged."""
         w = self.weight.asnumpy().copy()
         start, i = 0, 0
         for _, rows, on in self.parts:
@@ -108,6 +124,11 @@ class LoRALinear(Linear):
                 w[start:start + rows] += self.scale * (self.lora_B[i].asnumpy() @ self.lora_A[i].asnumpy())
                 i += 1
             start += rows
+        return w
+
+    def merged(self) -> Linear:
+        """A plain Linear holding `merged_weight()` (new Parameters) and a copy of the bias."""
+        w = self.merged_weight()
         dtype = {ms.float32: "float32", ms.bfloat16: "bfloat16", ms.float16: "float16"}[self.dtype]
         plain = Linear(w.shape[1], w.shape[0], self.bias is not None, dtype)
         plain.weight.set_data(Tensor(w))
@@ -145,6 +166,8 @@ def _after_structure_change(model):
 def apply_lora(model, cfg: LoRAConfig) -> list:
     """Wrap the targeted projections of `model` (a CausalLM) in place and freeze everything else.
     Returns the adapter parameters (pass them to the optimizer)."""
+    if not cfg.enabled:
+        raise ValueError("apply_lora: the LoRAConfig has enabled=False; callers apply adapters only when it is on")
     if has_lora(model):
         raise ValueError("apply_lora: this model already has LoRA adapters; merge_lora() it first")
     for parent, attr, parts in _sites(model):
@@ -169,6 +192,54 @@ def lora_parameters(model) -> list:
     return [p for name, p in model.parameters_and_names() if is_lora_name(name)]
 
 
+def shared_copy(model):
+    """A second CausalLM over the same frozen weights: every Parameter of the result IS ``model``'s
+    (no copy) and it has no adapters, so it computes ``model`` with the adapters switched off.
+
+    This is how one set of base weights serves several roles: the PPO reference is the LoRA actor's
+    base, and ``apply_lora(shared_copy(m), cfg)`` gives a second adapted model (e.g. a critic) on the
+    same base. Building the structure allocates a fresh model's parameters for a moment (CausalLM
+    initialises eagerly); they are dropped when the shared ones take their place."""
+    from mindrlhf.nn.model import CausalLM
+
+    own = {name: p for name, p in model.parameters_and_names() if not is_lora_name(name)}
+    view = CausalLM(model.config)
+    cells = dict(view.cells_and_names())
+    for name, _ in list(view.parameters_and_names()):
+        if name not in own:
+            raise ValueError(f"shared_copy: {name} is missing from the model being shared (not a CausalLM?)")
+        owner, attr = name.rsplit(".", 1)
+        setattr(cells[owner], attr, own[name])
+    _after_structure_change(view)
+    return view
+
+
+def merged_weights(model) -> dict:
+    """{name: numpy} of the model with every adapter folded in (W + scale * B A), adapter tensors left
+    out: what ``save_pretrained`` would write after ``merge_lora``. The model itself is unchanged."""
+    merged = {f"{path}.weight": cell.merged_weight() for path, cell in model.cells_and_names()
+              if isinstance(cell, LoRALinear)}
+    return {name: merged[name] if name in merged else p.asnumpy()
+            for name, p in model.parameters_and_names() if not is_lora_name(name)}
+
+
+def save_merged(model, directory) -> None:
+    """A HuggingFace folder (config.json + model.safetensors) of the merged model; adapters stay in place."""
+    from mindrlhf.nn.hf import save_hf_folder
+    save_hf_folder(model.config, merged_weights(model), directory)
+
+
+class TrainableParams(nn.Cell):
+    """The trainable Parameters of ``cell`` as a Cell of their own (the same objects, names kept).
+
+    Checkpointing this instead of the whole Cell keeps a LoRA run's checkpoints to the adapters (and
+    heads): the frozen base is the stage's input and never changes."""
+
+    def __init__(self, cell):
+        super().__init__(auto_prefix=False)
+        self.params = ms.ParameterTuple(cell.trainable_params())
+
+
 def merge_lora(model) -> None:
     """Fold every adapter into its base weight and put plain Linear layers back; all parameters
     become trainable again. Afterwards `model.save_pretrained` writes the merged weights."""
@@ -182,15 +253,16 @@ def merge_lora(model) -> None:
     model.lora_config = None
 
 
-def save_adapters(model, path) -> None:
-    """The adapter parameters alone, plus their LoRAConfig in the file's metadata (safetensors)."""
+def save_adapters(model, path, base: str = "") -> None:
+    """The adapter parameters alone, plus their LoRAConfig in the file's metadata (safetensors);
+    ``base`` records the model the adapters belong on (the stage's starting model)."""
     from safetensors.numpy import save_file
     from mindrlhf.nn.model import atomic_write
     cfg = getattr(model, "lora_config", None)
     if cfg is None or not has_lora(model):
         raise ValueError("save_adapters: the model has no LoRA adapters (apply_lora first)")
     tensors = {name: p.asnumpy() for name, p in model.parameters_and_names() if is_lora_name(name)}
-    meta = {"format": "mindrlhf-lora", "lora_config": json.dumps(asdict(cfg))}
+    meta = {"format": "mindrlhf-lora", "lora_config": json.dumps(asdict(cfg)), "base_model": str(base)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 

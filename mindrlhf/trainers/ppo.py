@@ -10,6 +10,10 @@ One iteration (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017):
                    a compiled optimizer step
     5. controllers β of the reward adapts toward a target KL; β_ppo of the ``kl_penalty`` loss adapts
                    after each epoch
+
+With LoRA (``actor_lora`` / ``critic_lora``) a trainable role is adapters on a frozen base that is loaded
+once and shared: the reference IS the LoRA actor's base (its adapters off, no second copy), and a LoRA
+critic adapts the frozen reward model's (or the reference's) trunk. All four stay in one scoring graph.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
 from ..nn.generate import GenerationConfig, Generator, bucket
-from ..roles import Critic, Policy, load_lm
+from ..nn.lora import LoRAConfig, TrainableParams
+from ..roles import Critic, Policy, frozen, ppo_roles
 from ..runtime import RuntimeConfig
 from .checkpoint import CheckpointManager
 from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
@@ -60,6 +65,10 @@ class RolloutConfig:
     temperature: float = field(1.0, "sampling temperature of rollouts")
     top_k: int = field(0, "top-k filter of rollouts; 0 = off")
     top_p: float = field(1.0, "nucleus filter of rollouts; 1 = off")
+    prompt_bucket: int = field(16, "prompts are left-padded to a multiple of this; each width compiles its own "
+                                   "graphs, so data.max_prompt_length here gives one shape")
+    score_batch_size: int = field(0, "rows per call of the scoring graph (0 = a rank's whole batch); a compiled "
+                                     "graph's memory grows with its rows (SmolLM2-135M: ~1.1 GB per 96-token row)")
 
 
 @dataclasses.dataclass
@@ -98,7 +107,7 @@ class PPOAlgoConfig:
 
 @dataclasses.dataclass
 class PPOConfig:
-    policy: str = field("", "SFT output folder: the actor starts here and the reference is a frozen copy")
+    policy: str = field("", "SFT output folder: the actor starts here; the reference is a frozen copy of it")
     reward_model: str = field("", "reward-model folder (a `mindrlhf rm` run's model/)")
     critic_init: str = field("reward_model", "critic trunk and head from reward_model, or trunk from policy with a zero head")
     tokenizer: str = field("", "tokenizer folder; empty = the policy folder's")
@@ -108,6 +117,10 @@ class PPOConfig:
     ppo: PPOAlgoConfig = field(PPOAlgoConfig(), "the algorithm")
     actor_optim: OptimConfig = field(OptimConfig(lr=2e-4, warmup_steps=5, schedule="constant"), "actor AdamW")
     critic_optim: OptimConfig = field(OptimConfig(lr=5e-4, warmup_steps=5, schedule="constant"), "critic AdamW")
+    actor_lora: LoRAConfig = field(LoRAConfig(enabled=False),
+                                   "LoRA actor (off unless actor_lora.enabled=true): the reference is then its base")
+    critic_lora: LoRAConfig = field(LoRAConfig(enabled=False),
+                                    "LoRA critic trunk (off unless enabled=true) on the frozen trunk it starts from")
     log_every: int = field(1, "iterations between metric lines")
     save_every: int = field(10, "iterations between checkpoints; 0 = only at the end")
     keep_checkpoints: int = field(2, "newest checkpoints kept")
@@ -121,12 +134,18 @@ class PPOConfig:
         require(self.ppo.mini_batch_size >= 1, "ppo.mini_batch_size", "must be >= 1")
         require(self.rollout.batch_size % self.ppo.mini_batch_size == 0, "ppo.mini_batch_size",
                 f"{self.ppo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
+        for key, lora in (("actor_lora", self.actor_lora), ("critic_lora", self.critic_lora)):
+            # Dropout would make the update's log π differ from the scoring pass's log π_old at ratio 1.
+            require(not lora.enabled or lora.dropout == 0, f"{key}.dropout", "must be 0 in PPO")
 
     def layout(self, world_size: int) -> tuple[int, int]:
         """(prompts rolled out per rank, mini-batch rows per rank), or a clear error when they do not divide."""
         for key, size in (("rollout.batch_size", self.rollout.batch_size),
                           ("ppo.mini_batch_size", self.ppo.mini_batch_size)):
             require(size % world_size == 0, key, f"{size} does not divide over {world_size} ranks")
+        per_rank, chunk = self.rollout.batch_size // world_size, self.rollout.score_batch_size
+        require(chunk >= 0 and (chunk == 0 or per_rank % chunk == 0), "rollout.score_batch_size",
+                f"{chunk} must divide the {per_rank} rows each rank rolls out")
         return self.rollout.batch_size // world_size, self.ppo.mini_batch_size // world_size
 
 
@@ -161,12 +180,6 @@ class CriticLoss(nn.Cell):
         return value_loss(values, old_values, returns, response_mask, self.clip_range_value, self.agg, normalizer)
 
 
-def _frozen(cell):
-    for p in cell.get_parameters():
-        p.requires_grad = False
-    return cell
-
-
 class PPOTrainer:
     """Holds the four roles, their compiled passes and optimizers; ``train()`` runs the iterations."""
 
@@ -177,27 +190,11 @@ class PPOTrainer:
         self.cfg = cfg
         self.rt = runtime.setup(cfg.runtime)
         self.tokenizer = Tokenizer.load(cfg.tokenizer or cfg.policy)
-        vocab = self.tokenizer.vocab_size
-        self.actor_lm = load_lm(cfg.policy, vocab)
-        self.actor = Policy(self.actor_lm)
-        self.reference = _frozen(Policy(load_lm(cfg.policy, vocab)))
-        if reward_model is None:
-            self.reward_model = _frozen(load_reward_model(cfg.reward_model))
-            self.rm_stats = read_stats(cfg.reward_model) if cfg.ppo.normalize_reward else {}
-        else:
-            require(cfg.critic_init == "policy", "critic_init",
-                    "a reward model given as a Cell has no folder to start the critic from; set critic_init=policy")
-            self.reward_model, self.rm_stats = _frozen(reward_model), {}
-        if cfg.critic_init == "reward_model":
-            source = load_reward_model(cfg.reward_model)
-            self.critic = Critic(source.trunk)
-            self.critic.head = source.head  # the RM's head is a better start than zeros for V
-        else:
-            self.critic = Critic(load_lm(cfg.policy, vocab))
+        self._build_roles(cfg, self.tokenizer.vocab_size, reward_model)
         self._name_parameters()
 
         n = cfg.rollout.max_new_tokens
-        self.generator = Generator(self.actor_lm)
+        self.generator = Generator(self.actor_lm, prompt_bucket=cfg.rollout.prompt_bucket)
         self.gen_cfg = GenerationConfig(max_new_tokens=n, do_sample=True, temperature=cfg.rollout.temperature,
                                         top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
                                         eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id)
@@ -223,14 +220,31 @@ class PPOTrainer:
 
             self.labeler = Labeler(load_world(cfg.data.labeler_world))
 
+    def _build_roles(self, cfg: PPOConfig, vocab: int, reward_model: Optional[nn.Cell]) -> None:
+        if reward_model is None:
+            self.reward_model = frozen(load_reward_model(cfg.reward_model))
+            self.rm_stats = read_stats(cfg.reward_model) if cfg.ppo.normalize_reward else {}
+        else:
+            require(cfg.critic_init == "policy", "critic_init",
+                    "a reward model given as a Cell has no folder to start the critic from; set critic_init=policy")
+            self.reward_model, self.rm_stats = frozen(reward_model), {}
+        critic_from = cfg.reward_model if cfg.critic_init == "reward_model" else ""
+        self.actor, self.reference, self.critic = ppo_roles(cfg.policy, vocab, self.reward_model, critic_from,
+                                                            cfg.actor_lora, cfg.critic_lora)
+        self.actor_lm = self.actor.lm
+
     def _name_parameters(self):
         """Parameter names must be unique across the Cells one graph, optimizer or checkpoint sees, and equal in
         the run that saves a checkpoint and the one that loads it. A decode Cell built on first use re-prefixes
-        the actor LM's names (MindSpore's auto_prefix), so they are set again before every save."""
+        the actor LM's names (MindSpore's auto_prefix), so they are set again before every save. A Parameter
+        shared by two roles (a LoRA role's frozen base) keeps the name of the first role listed here."""
+        named = set()
         for prefix, cell in (("actor", self.actor), ("reference", self.reference), ("critic", self.critic),
                              ("reward", self.reward_model)):
             for name, p in cell.parameters_and_names():
-                p.name = f"{prefix}.{name}"
+                if id(p) not in named:
+                    p.name = f"{prefix}.{name}"
+                    named.add(id(p))
 
     # ------------------------------------------------------------------ 1–3: experience
     def make_experience(self, prompts, seed: int) -> tuple[Experience, dict]:
@@ -251,8 +265,7 @@ class PPOTrainer:
         if pad:
             ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.tokenizer.pad_id)
             mask, last_index = np.pad(mask, ((0, 0), (pad, 0))), last_index + pad
-        old_lp, ref_lp, values, raw = (x.asnumpy() for x in self.scoring(ms.Tensor(ids), ms.Tensor(mask),
-                                                                           ms.Tensor(last_index)))
+        old_lp, ref_lp, values, raw = self._score(ids, mask, last_index)
         scores = self._shape_scores(raw, gen.response_ids)
         kl, rewards, adv, ret = (x.asnumpy() for x in self.advantage(
             ms.Tensor(old_lp), ms.Tensor(ref_lp), ms.Tensor(values), ms.Tensor(scores), ms.Tensor(response_mask),
@@ -260,6 +273,14 @@ class PPOTrainer:
         t2 = time.perf_counter()
         exp = Experience(ids, mask, response_mask, old_lp, ref_lp, values, scores, raw, kl, rewards, adv, ret)
         return exp, {"time_generate": t1 - t0, "time_score": t2 - t1}
+
+    def _score(self, ids, mask, last_index) -> list:
+        """The scoring graph over chunks of ``rollout.score_batch_size`` rows (one compiled shape), concatenated."""
+        step = self.cfg.rollout.score_batch_size or len(ids)
+        chunks = [[x.asnumpy() for x in self.scoring(ms.Tensor(ids[i:i + step]), ms.Tensor(mask[i:i + step]),
+                                                     ms.Tensor(last_index[i:i + step]))]
+                  for i in range(0, len(ids), step)]
+        return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def experience_stats(self, exp: Experience, prompts, times: dict) -> dict:
         """Rollout metrics of ``exp`` (the prompts' batch); ``times`` as :meth:`rollout` returns them."""
@@ -331,7 +352,7 @@ class PPOTrainer:
     def train(self, resume: Optional[str] = None) -> dict:
         cfg, rt = self.cfg, self.rt
         ckpt = CheckpointManager(cfg.out_dir, keep=cfg.keep_checkpoints)
-        cells = {"actor": self.actor, "critic": self.critic}
+        cells = {"actor": TrainableParams(self.actor), "critic": TrainableParams(self.critic)}
         updaters = {"actor": self.actor_updater, "critic": self.critic_updater}
         start = 0
         if resume:
@@ -379,7 +400,7 @@ class PPOTrainer:
             bar.close()
         if rt.is_main:
             plot_metrics(logger.path, os.path.join(cfg.out_dir, "metrics.png"))
-            export_model(self.actor_lm, self.tokenizer, cfg, os.path.join(cfg.out_dir, "model"))
+            export_model(self.actor_lm, self.tokenizer, cfg, os.path.join(cfg.out_dir, "model"), base=cfg.policy)
         return metrics
 
 

@@ -10,6 +10,8 @@ compiled step, so micro-batches and ranks add up to the full batch's gradient.
 The product, ``out_dir/model/``: the trunk as a HuggingFace folder, its tokenizer, the scalar head in
 ``reward_head.safetensors`` and ``rm_stats.json`` (held-out accuracy, mean margin, and the reward's mean
 and std, which PPO uses to normalise rewards). :func:`load_reward_model` reads it back.
+With ``lora.enabled`` the trunk trains through adapters only (the head trains in full); ``model/``
+holds the merged trunk and ``lora_adapters.safetensors``, as SFT writes them.
 """
 from __future__ import annotations
 
@@ -30,11 +32,12 @@ from ..data.encoding import encode_rankings
 from ..data.formats import load_rankings
 from ..data.tokenizer import Tokenizer
 from ..nn import CausalLM
+from ..nn.lora import LoRAConfig, TrainableParams
 from ..nn.model import atomic_write
 from ..roles import RewardModel, load_lm
 from ..runtime import RuntimeConfig
 from .loop import LoopConfig, Stage, run_loop
-from .sft import export_model, resolve_tokenizer, split_eval
+from .sft import export_model, resolve_tokenizer, split_eval, with_dropout
 from .step import OptimConfig, Updater
 
 HEAD_FILE = "reward_head.safetensors"  # keys "weight" [hidden, 1] and "bias" [1]: r = h·weight + bias
@@ -71,6 +74,8 @@ class RMLoopConfig(LoopConfig):
 class RMConfig:
     model: str = field("runs/sft/model", "SFT output folder (or HuggingFace folder, or preset) the trunk starts from")
     tokenizer: str = field("", "tokenizer folder; empty = the model folder's")
+    lora: LoRAConfig = field(LoRAConfig(enabled=False), "LoRA adapters on the trunk (off unless lora.enabled=true); "
+                                                        "the scalar head always trains")
     out_dir: str = field("runs/rm", "run folder: checkpoints, metrics, plots and the final model/")
     data: RMDataConfig = field(RMDataConfig(), "rankings")
     # InstructGPT trains its RM for one epoch: more epochs overfit the correlated pairs of each prompt.
@@ -195,7 +200,7 @@ def train_rm(cfg: RMConfig, resume: Optional[str] = None) -> dict:
         encode_file=lambda path: encode_rankings_file(path, tokenizer, data.max_length, data.skip_invalid))
     k = max(len(r.sequences) for r in train_set + eval_set)  # one K for every batch: fixed shapes
 
-    reward_model = RewardModel(load_lm(cfg.model, tokenizer.vocab_size))
+    reward_model = RewardModel(load_lm(cfg.model, tokenizer.vocab_size, lora=cfg.lora))
     loss_cell = RMLoss(reward_model, data.margin)
     per_rank, n_micro = cfg.train.layout(rt.world_size)
     updater = Updater(loss_cell, reward_model.trainable_params(), cfg.optim,
@@ -213,17 +218,21 @@ def train_rm(cfg: RMConfig, resume: Optional[str] = None) -> dict:
         s = stats_on(eval_set)
         return {f"eval_{name}": s[name] for name in ("loss", "accuracy", "mean_margin", "reward_mean", "reward_std")}
 
+    if cfg.lora.enabled and cfg.lora.dropout > 0:
+        evaluate = with_dropout(reward_model, evaluate)
+
     stage = Stage(
         records=train_set,
         make_batch=lambda items, norm: batch_tensors(items, pad, k, data.pad_multiple, data.max_length, norm),
         count=len,  # prompts: every ranking has K >= 2, so every one is a term of the loss
         updater=updater,
-        cells={"model": reward_model},
+        cells={"model": TrainableParams(reward_model)},
         evaluate=evaluate,
         describe_aux=_train_accuracy,
         unit="prompt",
     )
     final = run_loop(stage, cfg.train, cfg.out_dir, cfg.runtime.seed, resume)
+    reward_model.set_train(False)
     if rt.is_main:
         model_dir = os.path.join(cfg.out_dir, "model")
         export_reward_model(reward_model, tokenizer, cfg, model_dir)
@@ -242,7 +251,7 @@ def export_reward_model(reward_model: RewardModel, tokenizer, cfg, directory: st
     """Trunk as a HuggingFace folder + tokenizer + config (as SFT writes them), plus the scalar head."""
     from safetensors.numpy import save_file
 
-    export_model(reward_model.trunk, tokenizer, cfg, directory)
+    export_model(reward_model.trunk, tokenizer, cfg, directory, base=cfg.model)
     head = {"weight": reward_model.head.weight.asnumpy(), "bias": reward_model.head.bias.asnumpy()}
     atomic_write(os.path.join(directory, HEAD_FILE), lambda tmp: save_file(head, tmp))
 

@@ -4,6 +4,10 @@
 
 The prompt tokens are context only (m = 0). The normaliser Σ m is the whole global batch's token
 count, passed into the compiled step, so micro-batches and ranks add up to the same gradient.
+
+With ``lora.enabled`` only the adapters train (the loaded weights stay frozen, bit for bit), checkpoints
+hold the adapters and their optimizer state, and ``model/`` holds the merged weights plus the adapters
+alone in ``lora_adapters.safetensors``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from ..data.batching import sft_batch
 from ..data.encoding import encode_demonstrations
 from ..data.formats import load_demonstrations
 from ..data.tokenizer import Tokenizer
+from ..nn.gguf import is_gguf
+from ..nn.lora import ADAPTER_FILE, LoRAConfig, TrainableParams, has_lora, save_adapters, save_merged
 from ..roles import load_lm
 from ..runtime import RuntimeConfig
 from .loop import LoopConfig, Stage, run_loop
@@ -45,8 +51,10 @@ class SFTDataConfig:
 
 @dataclasses.dataclass
 class SFTConfig:
-    model: str = field("tiny", "preset name (models/*.yaml), preset YAML path, or HuggingFace folder to start from")
-    tokenizer: str = field("", "tokenizer folder (tokenizer.model or tokenizer.json); empty = the model folder's")
+    model: str = field("tiny", "preset name (models/*.yaml), preset YAML path, HuggingFace folder, or GGUF file/name "
+                               "(smollm2-135m-instruct) to start from")
+    tokenizer: str = field("", "tokenizer folder (tokenizer.model or tokenizer.json); empty = the model's own")
+    lora: LoRAConfig = field(LoRAConfig(enabled=False), "LoRA adapters (off unless lora.enabled=true)")
     out_dir: str = field("runs/sft", "run folder: checkpoints, metrics, plots and the final model/")
     data: SFTDataConfig = field(SFTDataConfig(), "demonstrations")
     train: LoopConfig = field(LoopConfig(), "batching, length and cadence of training")
@@ -70,7 +78,7 @@ class SFTLoss(nn.Cell):
 
 
 def resolve_tokenizer(cfg_tokenizer: str, model: str) -> Tokenizer:
-    source = cfg_tokenizer or (model if os.path.isdir(model) else "")
+    source = cfg_tokenizer or (model if os.path.isdir(model) or is_gguf(model) else "")
     if not source:
         raise FileNotFoundError("no tokenizer: set tokenizer=DIR (train one with `mindrlhf tokenizer train`) "
                                 "or start from a model folder that holds one")
@@ -130,7 +138,7 @@ def train_sft(cfg: SFTConfig, resume: Optional[str] = None) -> dict:
         print(f"[sft] skipped {encoded.skipped} invalid lines; first: {encoded.skip_reasons[:1]}")
     train_set, eval_set = split_eval(encoded, cfg.data, tokenizer, cfg.runtime.seed)
 
-    model = load_lm(cfg.model, tokenizer.vocab_size)
+    model = load_lm(cfg.model, tokenizer.vocab_size, lora=cfg.lora)
     loss_cell = SFTLoss(model)
     per_rank, n_micro = cfg.train.layout(rt.world_size)
     updater = Updater(loss_cell, model.trainable_params(), cfg.optim,
@@ -140,22 +148,49 @@ def train_sft(cfg: SFTConfig, resume: Optional[str] = None) -> dict:
     def evaluate():
         return {"eval_loss": heldout_loss(loss_cell, eval_set, pad, cfg.data, per_rank)} if eval_set else {}
 
+    if cfg.lora.enabled and cfg.lora.dropout > 0:
+        evaluate = with_dropout(model, evaluate)
+
     stage = Stage(
         records=train_set,
         make_batch=lambda items, norm: batch_tensors(items, pad, cfg.data.pad_multiple, cfg.data.max_length, norm),
         count=response_tokens,
         updater=updater,
-        cells={"model": model},
+        cells={"model": TrainableParams(model)},
         evaluate=evaluate,
     )
     final = run_loop(stage, cfg.train, cfg.out_dir, cfg.runtime.seed, resume)
+    model.set_train(False)
     if rt.is_main:
-        export_model(model, tokenizer, cfg, os.path.join(cfg.out_dir, "model"))
+        export_model(model, tokenizer, cfg, os.path.join(cfg.out_dir, "model"), base=cfg.model)
     return final
 
 
-def export_model(model, tokenizer, cfg, directory: str) -> None:
-    """The stage's product: a HuggingFace folder with the tokenizer and the config that made it."""
-    model.save_pretrained(directory)
+def with_dropout(model, evaluate):
+    """Put ``model`` in training mode (LoRA dropout on) and return ``evaluate`` wrapped to run in eval
+    mode. Only the Python flag flips; the train step and the evaluation forward are separate graphs."""
+    model.set_train(True)
+
+    def wrapped():
+        model.set_train(False)
+        try:
+            return evaluate()
+        finally:
+            model.set_train(True)
+
+    return wrapped
+
+
+def export_model(model, tokenizer, cfg, directory: str, base: str = "") -> None:
+    """The stage's product: a HuggingFace folder with the tokenizer and the config that made it.
+
+    A LoRA model is written merged (W + scale·BA: transformers and the next stage load it as a plain
+    model) and its adapters alone go to ``lora_adapters.safetensors``, to reload on ``base`` with
+    :func:`mindrlhf.nn.lora.load_adapters`."""
+    if has_lora(model):
+        save_adapters(model, os.path.join(directory, ADAPTER_FILE), base=base)
+        save_merged(model, directory)
+    else:
+        model.save_pretrained(directory)
     tokenizer.save(directory)
     save_config(cfg, os.path.join(directory, "mindrlhf_config.yaml"))
