@@ -24,7 +24,7 @@ from . import runtime
 from .config import field, require, save_config
 from .evaluation import EvalConfig, compare
 from .runtime import RuntimeConfig
-from .trainers.ppo import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
+from .trainers.ppo_config import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
 from .trainers.reward import RMConfig, RMDataConfig
 from .trainers.sft import SFTConfig, SFTDataConfig
 

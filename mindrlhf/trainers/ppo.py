@@ -28,15 +28,14 @@ from mindspore import nn
 
 from .. import runtime
 from ..algos import AdaptiveKLController, FixedKLController, adapt_kl_penalty, agg_loss, entropy_from_logits
-from ..algos import KL_ESTIMATORS, LOSS_AGG_MODES, get_policy_loss, value_loss
-from ..config import field, require, save_config
+from ..algos import get_policy_loss, value_loss
+from ..config import require, save_config
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
 from ..nn.generate import GenerationConfig, Generator, bucket
-from ..nn.lora import LoRAConfig, TrainableParams
+from ..nn.lora import TrainableParams
 from ..roles import Critic, Policy, frozen, ppo_roles
-from ..runtime import RuntimeConfig
 from .checkpoint import CheckpointManager
 from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
 from .experience import response_slice
@@ -44,109 +43,8 @@ from .loop import DataOrder, dump_rank_weights
 from .metrics import MetricsLogger, plot_metrics
 from .reward import load_reward_model, read_stats
 from .sft import export_model
-from .step import OptimConfig, Updater
-
-
-@dataclasses.dataclass
-class PPODataConfig:
-    prompts: str = field("", "prompts JSONL for rollouts")
-    max_prompt_length: int = field(48, "longest prompt in tokens; longer prompts are errors (or skipped)")
-    skip_invalid: bool = field(False, "skip malformed or too-long prompts (counted) instead of stopping")
-    labeler_world: str = field("", "built-in task only: world.json whose hidden labeler scores rollouts (logged, never trained on)")
-
-    def validate(self):
-        require(bool(self.prompts), "data.prompts", "set the prompts file, e.g. data.prompts=prompts.jsonl")
-
-
-@dataclasses.dataclass
-class RolloutConfig:
-    batch_size: int = field(32, "prompts per iteration (global, over all ranks)")
-    max_new_tokens: int = field(48, "response length limit")
-    temperature: float = field(1.0, "sampling temperature of rollouts")
-    top_k: int = field(0, "top-k filter of rollouts; 0 = off")
-    top_p: float = field(1.0, "nucleus filter of rollouts; 1 = off")
-    prompt_bucket: int = field(16, "prompts are left-padded to a multiple of this; each width compiles its own "
-                                   "graphs, so data.max_prompt_length here gives one shape")
-    score_batch_size: int = field(0, "rows per call of the scoring graph (0 = a rank's whole batch); a compiled "
-                                     "graph's memory grows with its rows (SmolLM2-135M: ~1.1 GB per 96-token row)")
-
-
-@dataclasses.dataclass
-class PPOAlgoConfig:
-    iterations: int = field(40, "rollout → update iterations")
-    epochs: int = field(4, "passes over each rollout batch (Schulman et al. 2017 use 3–10)")
-    mini_batch_size: int = field(8, "sequences per optimizer step (global)")
-    policy_loss: str = field("clip", "clip (PPO2's clipped ratio) or kl_penalty (PPO's adaptive KL penalty)")
-    clip_range: float = field(0.2, "ε of the clipped ratio")
-    clip_range_value: float = field(0.2, "ε_v of the clipped value loss")
-    kl_penalty_coef: float = field(0.1, "initial β_ppo of the kl_penalty loss")
-    kl_penalty_target: float = field(0.01, "target KL(π_old‖π) per token for adapting β_ppo")
-    entropy_coef: float = field(0.0, "entropy bonus weight")
-    loss_agg_mode: str = field("token-mean", "token-mean, seq-mean-token-sum or seq-mean-token-mean")
-    gamma: float = field(1.0, "discount γ of GAE")
-    lam: float = field(0.95, "λ of GAE")
-    whiten_advantages: bool = field(True, "whiten advantages over valid tokens (all ranks)")
-    kl_estimator: str = field("k1", "per-token KL of the reward: k1, k2, k3 or abs")
-    kl_coef: float = field(0.05, "β of the reward's KL penalty (initial value when adaptive)")
-    adaptive_kl: bool = field(False, "adapt β toward kl_target (Ziegler et al. 2019)")
-    kl_target: float = field(3.0, "target KL(π‖π_ref) per sequence for the adaptive β")
-    kl_horizon: int = field(10000, "horizon of the adaptive β controller, in samples")
-    normalize_reward: bool = field(True, "normalise scores with the reward model's rm_stats.json mean and std")
-    score_clip: float = field(5.0, "clip normalised scores to ±this; 0 = off")
-    missing_eos_penalty: float = field(-1.0, "added to the score of a response that hits max_new_tokens without EOS")
-
-    def validate(self):
-        require(self.policy_loss in ("clip", "kl_penalty"), "ppo.policy_loss", "expected clip or kl_penalty")
-        require(self.kl_estimator in KL_ESTIMATORS.names(), "ppo.kl_estimator",
-                f"expected one of {', '.join(KL_ESTIMATORS.names())}")
-        require(self.loss_agg_mode in LOSS_AGG_MODES, "ppo.loss_agg_mode",
-                f"expected one of {', '.join(LOSS_AGG_MODES)}")
-        require(self.epochs >= 1, "ppo.epochs", "must be >= 1")
-        require(0 < self.lam <= 1 and 0 < self.gamma <= 1, "ppo.lam", "γ and λ must be in (0, 1]")
-
-
-@dataclasses.dataclass
-class PPOConfig:
-    policy: str = field("", "SFT output folder: the actor starts here; the reference is a frozen copy of it")
-    reward_model: str = field("", "reward-model folder (a `mindrlhf rm` run's model/)")
-    critic_init: str = field("reward_model", "critic trunk and head from reward_model, or trunk from policy with a zero head")
-    tokenizer: str = field("", "tokenizer folder; empty = the policy folder's")
-    out_dir: str = field("runs/ppo", "run folder: checkpoints, metrics, plots and the final model/")
-    data: PPODataConfig = field(PPODataConfig(), "prompts")
-    rollout: RolloutConfig = field(RolloutConfig(), "sampling")
-    ppo: PPOAlgoConfig = field(PPOAlgoConfig(), "the algorithm")
-    actor_optim: OptimConfig = field(OptimConfig(lr=2e-4, warmup_steps=5, schedule="constant"), "actor AdamW")
-    critic_optim: OptimConfig = field(OptimConfig(lr=5e-4, warmup_steps=5, schedule="constant"), "critic AdamW")
-    actor_lora: LoRAConfig = field(LoRAConfig(enabled=False),
-                                   "LoRA actor (off unless actor_lora.enabled=true): the reference is then its base")
-    critic_lora: LoRAConfig = field(LoRAConfig(enabled=False),
-                                    "LoRA critic trunk (off unless enabled=true) on the frozen trunk it starts from")
-    log_every: int = field(1, "iterations between metric lines")
-    save_every: int = field(10, "iterations between checkpoints; 0 = only at the end")
-    keep_checkpoints: int = field(2, "newest checkpoints kept")
-    progress: bool = field(True, "show a progress bar")
-    runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed")
-
-    def validate(self):
-        require(bool(self.policy), "policy", "set the SFT model folder, e.g. policy=runs/sft/model")
-        require(bool(self.reward_model), "reward_model", "set the reward model folder, e.g. reward_model=runs/rm/model")
-        require(self.critic_init in ("reward_model", "policy"), "critic_init", "expected reward_model or policy")
-        require(self.ppo.mini_batch_size >= 1, "ppo.mini_batch_size", "must be >= 1")
-        require(self.rollout.batch_size % self.ppo.mini_batch_size == 0, "ppo.mini_batch_size",
-                f"{self.ppo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
-        for key, lora in (("actor_lora", self.actor_lora), ("critic_lora", self.critic_lora)):
-            # Dropout would make the update's log π differ from the scoring pass's log π_old at ratio 1.
-            require(not lora.enabled or lora.dropout == 0, f"{key}.dropout", "must be 0 in PPO")
-
-    def layout(self, world_size: int) -> tuple[int, int]:
-        """(prompts rolled out per rank, mini-batch rows per rank), or a clear error when they do not divide."""
-        for key, size in (("rollout.batch_size", self.rollout.batch_size),
-                          ("ppo.mini_batch_size", self.ppo.mini_batch_size)):
-            require(size % world_size == 0, key, f"{size} does not divide over {world_size} ranks")
-        per_rank, chunk = self.rollout.batch_size // world_size, self.rollout.score_batch_size
-        require(chunk >= 0 and (chunk == 0 or per_rank % chunk == 0), "rollout.score_batch_size",
-                f"{chunk} must divide the {per_rank} rows each rank rolls out")
-        return self.rollout.batch_size // world_size, self.ppo.mini_batch_size // world_size
+from .ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig  # noqa: F401 (re-exported)
+from .step import Updater
 
 
 class ActorLoss(nn.Cell):
