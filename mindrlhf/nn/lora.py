@@ -4,7 +4,7 @@ A targeted projection W [out, in] becomes
     y = x W^T + b + (alpha / r) * dropout(x) A^T B^T,     A [r, in], B [out, r]
 with B = 0 at the start (so a fresh adapter changes nothing) and A random. Only A and B train;
 every other parameter gets requires_grad=False. `merge_lora` folds W <- W + (alpha / r) B A back in
-and restores plain Linear layers, so `save_pretrained` then writes the merged model.
+and restores plain Linear layers (`save_pretrained` writes the merged model either way).
 
 Targets are named by projection: q, k, v, o, gate, up, down. Our q/k/v share one fused `qkv_proj`
 and llama's gate/up one `up_proj`, so each targeted part of a fused layer gets its own A and B (the
@@ -14,8 +14,8 @@ Adapter parameters are named `<layer path>.lora_A.<part>` / `.lora_B.<part>`, e.
 
 Frozen weights are shared, not copied, between roles: `shared_copy(model)` is a second model over the
 same Parameters without adapters (the PPO reference of a LoRA actor), and LoRA applied to such a copy
-adapts the same base again (a critic on the reward model's trunk). `merged_weights`/`save_merged` write
-the merged model without touching the adapted one.
+adapts the same base again (a critic on the reward model's trunk). `merged_weights`, and through it
+`CausalLM.save_pretrained`, write the merged model without touching the adapted one.
 
 Order of work: `apply_lora` (or `load_adapters`) first, then build train steps / generators around
 the model; after `merge_lora`, build them again. Swapping sub-cells does not reach graphs that
@@ -216,17 +216,11 @@ def shared_copy(model):
 
 def merged_weights(model) -> dict:
     """{name: numpy} of the model with every adapter folded in (W + scale * B A), adapter tensors left
-    out: what ``save_pretrained`` would write after ``merge_lora``. The model itself is unchanged."""
+    out: what ``save_pretrained`` writes. The model itself is unchanged."""
     merged = {f"{path}.weight": cell.merged_weight() for path, cell in model.cells_and_names()
               if isinstance(cell, LoRALinear)}
     return {name: merged[name] if name in merged else p.asnumpy()
             for name, p in model.parameters_and_names() if not is_lora_name(name)}
-
-
-def save_merged(model, directory) -> None:
-    """A HuggingFace folder (config.json + model.safetensors) of the merged model; adapters stay in place."""
-    from mindrlhf.nn.hf import save_hf_folder
-    save_hf_folder(model.config, merged_weights(model), directory)
 
 
 class TrainableParams(nn.Cell):

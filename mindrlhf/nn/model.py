@@ -177,9 +177,12 @@ class CausalLM(nn.Cell):
         return model
 
     def save_pretrained(self, directory):
-        """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads."""
+        """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads. LoRA
+        adapters, if any, are written folded into their base weights (the model itself is unchanged);
+        ``nn.lora.save_adapters`` writes the adapters alone."""
         from mindrlhf.nn.hf import save_hf_folder
-        save_hf_folder(self.config, {n: p.asnumpy() for n, p in self.named_weights()}, directory)
+        from mindrlhf.nn.lora import merged_weights  # lora builds on this module
+        save_hf_folder(self.config, merged_weights(self), directory)
 
 
 def atomic_write(path, write):

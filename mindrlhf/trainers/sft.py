@@ -27,7 +27,7 @@ from ..data.encoding import encode_demonstrations
 from ..data.formats import load_demonstrations
 from ..data.tokenizer import Tokenizer
 from ..nn.gguf import is_gguf
-from ..nn.lora import ADAPTER_FILE, LoRAConfig, TrainableParams, has_lora, save_adapters, save_merged
+from ..nn.lora import ADAPTER_FILE, LoRAConfig, TrainableParams, has_lora, save_adapters
 from ..roles import load_lm
 from ..runtime import RuntimeConfig
 from .loop import LoopConfig, Stage, run_loop
@@ -189,8 +189,6 @@ def export_model(model, tokenizer, cfg, directory: str, base: str = "") -> None:
     :func:`mindrlhf.nn.lora.load_adapters`."""
     if has_lora(model):
         save_adapters(model, os.path.join(directory, ADAPTER_FILE), base=base)
-        save_merged(model, directory)
-    else:
-        model.save_pretrained(directory)
+    model.save_pretrained(directory)  # merged when adapters are attached
     tokenizer.save(directory)
     save_config(cfg, os.path.join(directory, "mindrlhf_config.yaml"))

@@ -96,6 +96,10 @@ def test_merge_matches_adapted_model(arch, mode, tmp_path):
     _randomize_adapters(model)
     adapters = {p.name: p.asnumpy() for p in lora_parameters(model)}
     adapted = model(IDS).asnumpy()
+    model.save_pretrained(tmp_path / "unmerged")  # still adapted: written folded, the model left as it is
+    assert has_lora(model)
+    np.testing.assert_allclose(CausalLM.from_pretrained(tmp_path / "unmerged")(IDS).asnumpy(), adapted,
+                               atol=1e-5, rtol=0)
     merge_lora(model)
     assert not has_lora(model) and all(p.requires_grad for p in model.get_parameters())
     np.testing.assert_allclose(model(IDS).asnumpy(), adapted, atol=1e-5, rtol=0)
