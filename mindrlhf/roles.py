@@ -110,8 +110,20 @@ class Policy(nn.Cell):
         self.lm = lm
 
     def construct(self, input_ids, attention_mask):
-        logits = self.lm(input_ids, attention_mask)[:, :-1, :]
-        return logprobs_from_logits(logits, input_ids[:, 1:]), logits
+        return self.response_logprobs(input_ids, attention_mask, input_ids.shape[1] - 1)
+
+    def response_logprobs(self, input_ids, attention_mask, response_len: int):
+        """(logprobs [B, N], logits [B, N, V]) of the last N = ``response_len`` tokens: construct's last N columns.
+
+        The trunk runs over all T columns (a response token attends to its prompt), but the LM head and the
+        log-softmax only over the N positions that predict response tokens (columns T−N−1 … T−2): the head,
+        hidden × vocab per position, is the biggest matmul of a small model (GPT-2: 768 × 50257), and PPO
+        never reads the prompt's logits. ``response_len`` is a Python int (a static shape in graph mode).
+        """
+        total = input_ids.shape[1]
+        hidden = self.lm.hidden_states(input_ids, attention_mask)[:, total - 1 - response_len : total - 1, :]
+        logits = self.lm.logits_from_hidden(hidden)
+        return logprobs_from_logits(logits, input_ids[:, total - response_len :]), logits
 
 
 def frozen(cell: nn.Cell) -> nn.Cell:

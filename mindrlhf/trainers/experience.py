@@ -1,7 +1,8 @@
-"""A PPO rollout batch: generate, score once with all four models, turn scores into advantages.
+"""A PPO rollout batch: generate, score once, turn scores into advantages.
 
-    prompts ─► actor.generate ─► [prompt | response] ─► ScoringPass (one graph: actor, reference,
-    critic, reward model) ─► AdvantagePass (one graph: KL, per-token rewards, GAE, whitening)
+    prompts ─► actor.generate ─► [prompt | response] ─► ScoringPass (one graph: reference, critic,
+    reward model, and the actor unless the sampler's log-probs are log π_old) ─► AdvantagePass
+    (one graph: KL, per-token rewards, GAE, whitening)
 
 Positions: a row is ``P`` prompt columns (left-padded) then ``N`` response columns. The log-prob of
 response token ``t`` comes from the logits at column ``P − 1 + t``, and so does the value of the state
@@ -26,7 +27,7 @@ class Experience:
     input_ids: np.ndarray  # [B, P+N] int32: left-padded prompt, then response (pad after EOS)
     attention_mask: np.ndarray  # [B, P+N] int32
     response_mask: np.ndarray  # [B, N] float32: 1 on response tokens up to and including EOS
-    old_logprobs: np.ndarray  # [B, N] log π_old(y_t) from the scoring pass
+    old_logprobs: np.ndarray  # [B, N] log π_old(y_t): the sampler's, or the scoring pass's actor forward
     ref_logprobs: np.ndarray  # [B, N] log π_ref(y_t)
     values: np.ndarray  # [B, N] V(s_t) from the critic at rollout time
     scores: np.ndarray  # [B] reward-model score after normalisation, clipping and the EOS penalty
@@ -50,22 +51,30 @@ def response_slice(per_position, n: int, total_len: int):
 
 
 class ScoringPass(nn.Cell):
-    """construct(input_ids, attention_mask, last_index, response_mask) →
-    (old_logprobs [B,N], ref_logprobs [B,N], values [B,N], raw_scores [B])."""
+    """construct(input_ids, attention_mask, last_index) →
+    (old_logprobs [B,N], ref_logprobs [B,N], values [B,N], raw_scores [B]).
+
+    Built with ``actor=None`` it skips the actor's forward and returns (ref_logprobs, values, raw_scores): the
+    sampler's own log-probs are then log π_old (see ``RolloutConfig.reuses_generation_logprobs``). The policies
+    put their LM head on the N response positions only (:meth:`~mindrlhf.roles.Policy.response_logprobs`).
+    """
 
     def __init__(self, actor, reference, critic, reward_model, response_len: int):
         super().__init__(auto_prefix=False)
-        self.actor, self.reference, self.critic, self.reward_model = actor, reference, critic, reward_model
+        self.with_actor = actor is not None
+        if self.with_actor:
+            self.actor = actor
+        self.reference, self.critic, self.reward_model = reference, critic, reward_model
         self.n = response_len
 
     def construct(self, input_ids, attention_mask, last_index):
-        total = input_ids.shape[1]
-        logprobs, _ = self.actor(input_ids, attention_mask)
-        ref_logprobs, _ = self.reference(input_ids, attention_mask)
-        values = self.critic(input_ids, attention_mask)
+        ref_logprobs, _ = self.reference.response_logprobs(input_ids, attention_mask, self.n)
+        values = response_slice(self.critic(input_ids, attention_mask), self.n, input_ids.shape[1])
         scores = self.reward_model(input_ids, attention_mask, last_index)
-        return (response_slice(logprobs, self.n, total), response_slice(ref_logprobs, self.n, total),
-                response_slice(values, self.n, total), scores)
+        if not self.with_actor:
+            return ref_logprobs, values, scores
+        old_logprobs, _ = self.actor.response_logprobs(input_ids, attention_mask, self.n)
+        return old_logprobs, ref_logprobs, values, scores
 
 
 class AdvantagePass(nn.Cell):

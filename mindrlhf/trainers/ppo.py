@@ -3,7 +3,8 @@
 One iteration (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017):
 
     1. rollout     sample responses to B prompts from the actor (compiled KV-cache decode loop)
-    2. score       one compiled pass: log π_old, log π_ref, V(s_t), reward-model score r(x, y)
+    2. score       one compiled pass: log π_ref, V(s_t), reward-model score r(x, y), and log π_old unless
+                   the sampler's log-probs are it (``rollout.logprobs_from_generation``, temperature 1)
     3. advantages  r_t = −β·KL_t (+ score on the last token); GAE(γ, λ); whitened advantages
     4. update      E epochs of shuffled mini-batches: the policy loss (``clip`` = PPO2's clipped ratio,
                    or ``kl_penalty`` = PPO's adaptive KL penalty) and the clipped value loss, each
@@ -13,7 +14,7 @@ One iteration (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017):
 
 With LoRA (``actor_lora`` / ``critic_lora``) a trainable role is adapters on a frozen base that is loaded
 once and shared: the reference IS the LoRA actor's base (its adapters off, no second copy), and a LoRA
-critic adapts the frozen reward model's (or the reference's) trunk. All four stay in one scoring graph.
+critic adapts the frozen reward model's (or the reference's) trunk. The roles scored together stay in one graph.
 """
 from __future__ import annotations
 
@@ -57,12 +58,10 @@ class ActorLoss(nn.Cell):
         self.clip_range, self.entropy_coef, self.agg = cfg.clip_range, cfg.entropy_coef, cfg.loss_agg_mode
 
     def construct(self, input_ids, attention_mask, old_logprobs, advantages, response_mask, normalizer, kl_coef):
-        n, total = old_logprobs.shape[1], input_ids.shape[1]
-        logprobs, logits = self.actor(input_ids, attention_mask)
-        logprobs = response_slice(logprobs, n, total)
+        logprobs, logits = self.actor.response_logprobs(input_ids, attention_mask, old_logprobs.shape[1])
         pg_loss, clipfrac, approx_kl = self.policy_loss(logprobs, old_logprobs, advantages, response_mask,
                                                         self.clip_range, kl_coef, self.agg, normalizer)
-        entropy = agg_loss(entropy_from_logits(response_slice(logits, n, total)), response_mask, self.agg, normalizer)
+        entropy = agg_loss(entropy_from_logits(logits), response_mask, self.agg, normalizer)
         return pg_loss - self.entropy_coef * entropy, (pg_loss, clipfrac, approx_kl, entropy)
 
 
@@ -96,7 +95,12 @@ class PPOTrainer:
         self.gen_cfg = GenerationConfig(max_new_tokens=n, do_sample=True, temperature=cfg.rollout.temperature,
                                         top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
                                         eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id)
-        self.scoring = ScoringPass(self.actor, self.reference, self.critic, self.reward_model, n)
+        self.reuse_logprobs = cfg.rollout.reuses_generation_logprobs()
+        if cfg.rollout.logprobs_from_generation and not self.reuse_logprobs and self.rt.is_main:
+            print(f"[ppo] rollout.temperature={cfg.rollout.temperature}: the sampler's log-probs are the tempered "
+                  "policy's, so the scoring pass recomputes log π_old with an actor forward")
+        self.scoring = ScoringPass(None if self.reuse_logprobs else self.actor, self.reference, self.critic,
+                                   self.reward_model, n)
         self.advantage = AdvantagePass(cfg.ppo.kl_estimator, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages)
         steps = cfg.ppo.iterations * cfg.ppo.epochs * (cfg.rollout.batch_size // cfg.ppo.mini_batch_size)
         self.actor_updater = Updater(ActorLoss(self.actor, cfg.ppo), self.actor.trainable_params(),
@@ -163,7 +167,8 @@ class PPOTrainer:
         if pad:
             ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.tokenizer.pad_id)
             mask, last_index = np.pad(mask, ((0, 0), (pad, 0))), last_index + pad
-        old_lp, ref_lp, values, raw = self._score(ids, mask, last_index)
+        *old_lp, ref_lp, values, raw = self._score(ids, mask, last_index)
+        old_lp = gen.logprobs if self.reuse_logprobs else old_lp[0]
         scores = self._shape_scores(raw, gen.response_ids)
         kl, rewards, adv, ret = (x.asnumpy() for x in self.advantage(
             ms.Tensor(old_lp), ms.Tensor(ref_lp), ms.Tensor(values), ms.Tensor(scores), ms.Tensor(response_mask),

@@ -35,6 +35,21 @@ class RolloutConfig:
                                    "graphs, so data.max_prompt_length here gives one shape")
     score_batch_size: int = field(0, "rows per call of the scoring graph (0 = a rank's whole batch); a compiled "
                                      "graph's memory grows with its rows (SmolLM2-135M: ~1.1 GB per 96-token row)")
+    logprobs_from_generation: bool = field(True, "take log π_old from the sampler (as TRL does) instead of an actor "
+                                                 "forward in the scoring pass; used only at temperature 1, see "
+                                                 "reuses_generation_logprobs")
+
+    def reuses_generation_logprobs(self) -> bool:
+        """Whether the sampler's log-probs serve as log π_old, sparing the scoring pass the actor's forward.
+
+        The generator records log softmax(logits / T) at each sampled token, before any top-k/top-p filter.
+        At T = 1 that is log π(y_t | x, y_<t) of the unfiltered policy: the number the actor forward would
+        recompute (in fp32 they agree to ~1e-6; they differ by the rounding of the cached decode versus the
+        full forward, larger with a 16-bit compute_dtype). At T ≠ 1 it is the tempered distribution's, so
+        the scoring pass computes log π_old as before. (Greedy decoding would record log softmax(logits),
+        T ignored; PPO's rollouts always sample.)
+        """
+        return self.logprobs_from_generation and self.temperature == 1.0
 
 
 @dataclasses.dataclass

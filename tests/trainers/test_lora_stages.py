@@ -219,6 +219,8 @@ def test_ppo_reference_is_the_untouched_base_while_the_actor_moves(ppo_run, worl
     want = response_slice(want, N, exp.input_ids.shape[1]).asnumpy()
     assert np.abs(exp.ref_logprobs - want)[m].max() < 1e-6
     assert np.abs(exp.old_logprobs - exp.ref_logprobs)[m].max() > 1e-2  # the adapted actor differs
+    mine, _ = trainer.actor(ids, mask)  # and log π_old, the sampler's, is the adapted actor's
+    assert np.abs(exp.old_logprobs - response_slice(mine, N, exp.input_ids.shape[1]).asnumpy())[m].max() < 1e-4
 
 
 def test_ppo_saves_the_merged_actor_and_checkpoints_only_trainable_weights(ppo_run):

@@ -1,5 +1,6 @@
-"""PPO: rollout tensors line up with the models that scored them; advantages and losses against numpy; PPO
-raises a reward that is a known function of the tokens; resume equals the uninterrupted run; config errors."""
+"""PPO: rollout tensors line up with the models that scored them (log π_old from the sampler or recomputed);
+losses against numpy; PPO raises a reward that is a known function of the tokens; resume equals the
+uninterrupted run; config errors. (The advantage pass: test_experience.py.)"""
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from mindrlhf.data.tokenizer import Tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.nn.generate import GenerationOutput
 from mindrlhf.roles import Critic, Policy, RewardModel
-from mindrlhf.trainers.experience import AdvantagePass, ScoringPass, assemble
+from mindrlhf.trainers.experience import ScoringPass, assemble
 from mindrlhf.trainers.metrics import read_metrics
 from mindrlhf.trainers.ppo import ActorLoss, CriticLoss, PPOAlgoConfig, PPOConfig, PPOTrainer
 
@@ -22,7 +23,9 @@ N = 8  # response columns (rollout.max_new_tokens)
 P = 16  # the generator's prompt bucket; every prompt here fits, so each graph compiles for one shape
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "river", "stone"]
 ITERATIONS = 8
-KL_RUN = ["save_every=4", "keep_checkpoints=3", "ppo.adaptive_kl=true", "ppo.kl_target=1.0", "ppo.kl_horizon=1000"]
+# The kl_penalty run also takes the other road to log π_old (an actor forward in the scoring pass, not the sampler's).
+KL_RUN = ["save_every=4", "keep_checkpoints=3", "ppo.adaptive_kl=true", "ppo.kl_target=1.0", "ppo.kl_horizon=1000",
+          "rollout.logprobs_from_generation=false"]
 
 
 def model_config(tok):
@@ -206,10 +209,13 @@ def test_scoring_pass_reads_each_model_at_the_response_positions(scored):
         assert np.isfinite(s[key]).all()
 
 
-def test_rollout_experience_lines_up_with_the_models(ppo_runs):
+@pytest.mark.parametrize("policy_loss, reuse", [("clip", True), ("kl_penalty", False)])
+def test_rollout_experience_lines_up_with_the_models(ppo_runs, policy_loss, reuse):
     """A real rollout of the trained policy: the Experience agrees with each model run on each row alone
-    (left-padded prompts of different lengths), and the raw score is the fraction of target tokens."""
-    trainer, _, _ = ppo_runs("clip")
+    (left-padded prompts of different lengths), and the raw score is the fraction of target tokens.
+    log π_old comes from the sampler (clip run) or from the scoring pass's actor forward (kl_penalty run)."""
+    trainer, _, _ = ppo_runs(policy_loss)
+    assert trainer.reuse_logprobs == reuse and trainer.scoring.with_actor != reuse
     exp, stats = trainer.make_experience([trainer.prompts[i] for i in range(64)], seed=123)
     m = exp.response_mask
     lengths = m.sum(1).astype(int)
@@ -235,46 +241,23 @@ def test_rollout_experience_lines_up_with_the_models(ppo_runs):
         np.testing.assert_allclose(exp.values[row, :r], ref["values"], atol=1e-4)
 
 
-# ------------------------------------------------------------------ 2. advantages
-
-def numpy_advantages(old_lp, ref_lp, values, scores, mask, kl_coef, gamma, lam):
-    """KL k1, per-token rewards (score on the last valid token), GAE over each row's valid tokens, then
-    whitening over all valid tokens (unbiased variance)."""
-    kl = (old_lp - ref_lp) * mask
-    rewards = -kl_coef * kl
-    advantages = np.zeros_like(values)
-    for b, length in enumerate(mask.sum(1).astype(int)):
-        rewards[b, length - 1] += scores[b]
-        running = 0.0
-        for t in reversed(range(length)):
-            next_value = values[b, t + 1] if t + 1 < length else 0.0
-            running = rewards[b, t] + gamma * next_value - values[b, t] + gamma * lam * running
-            advantages[b, t] = running
-    returns = advantages + values
-    valid = advantages[mask > 0]
-    whitened = (advantages - valid.mean()) / np.sqrt(valid.var(ddof=1) + 1e-8) * mask
-    return kl, rewards, whitened, returns
+def test_the_first_update_starts_at_ratio_one_with_the_samplers_logprobs(ppo_runs):
+    """log π_old taken from the sampler is the update's log π before any step: the first mini-batch's ratio
+    π/π_old is 1 (≤ 1e-4) on every response token, as it would be with a recomputed log π_old."""
+    trainer, _, _ = ppo_runs("clip")
+    exp, _ = trainer.make_experience([trainer.prompts[i] for i in range(64)], seed=321)
+    first = np.sort(np.split(np.random.default_rng(5).permutation(64), 4)[0])  # rows as update() draws them
+    mb = exp.rows(first)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        logprobs, _ = trainer.actor.response_logprobs(ms.Tensor(mb.input_ids), ms.Tensor(mb.attention_mask), N)
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    ratio = np.exp(logprobs.asnumpy().astype(np.float64) - mb.old_logprobs)[mb.response_mask > 0]
+    assert ratio.size > 16 * N // 2 and np.abs(ratio - 1).max() < 1e-4
 
 
-def test_advantage_pass_matches_numpy():
-    rng = np.random.default_rng(3)
-    lengths = np.array([3, N, 1, 5])
-    mask = (np.arange(N)[None, :] < lengths[:, None]).astype(np.float32)
-    old_lp, ref_lp = (rng.uniform(-4, -0.1, (4, N)).astype(np.float32) for _ in range(2))
-    values = rng.normal(0, 1, (4, N)).astype(np.float32)
-    scores = rng.normal(0, 2, 4).astype(np.float32)
-    kl_coef, gamma, lam = 0.1, 0.9, 0.8
-    got = [x.asnumpy() for x in AdvantagePass("k1", gamma, lam, True)(
-        ms.Tensor(old_lp), ms.Tensor(ref_lp), ms.Tensor(values), ms.Tensor(scores), ms.Tensor(mask),
-        ms.Tensor(kl_coef, ms.float32))]
-    want = numpy_advantages(old_lp, ref_lp, values, scores, mask, kl_coef, gamma, lam)
-    for name, g, w in zip(("kl", "rewards", "advantages", "returns"), got, want):
-        np.testing.assert_allclose(g, w, atol=1e-4, err_msg=name)
-    assert (got[2][mask == 0] == 0).all() and (got[1][mask == 0] == 0).all()
-    assert got[2][mask > 0].std(ddof=1) == pytest.approx(1.0, abs=1e-3)
-
-
-# ------------------------------------------------------------------ 3. losses
+# ------------------------------------------------------------------ 2. losses
 
 @pytest.mark.parametrize("policy_loss", ["clip", "kl_penalty"])
 def test_actor_loss_matches_numpy(roles, scored, policy_loss):
@@ -331,7 +314,7 @@ def test_critic_loss_matches_numpy(roles, scored):
     assert float(clipfrac.asnumpy()) == pytest.approx(want_clipfrac, abs=1e-6)
 
 
-# ------------------------------------------------------------------ 4. learning a known reward
+# ------------------------------------------------------------------ 3. learning a known reward
 
 @pytest.mark.parametrize("policy_loss", ["clip", "kl_penalty"])
 def test_ppo_raises_a_reward_that_counts_target_tokens(ppo_runs, policy_loss):
@@ -352,7 +335,7 @@ def test_ppo_raises_a_reward_that_counts_target_tokens(ppo_runs, policy_loss):
         assert max(r["clipfrac"] for r in rows) > 0.05  # the clip is active
 
 
-# ------------------------------------------------------------------ 5. resume
+# ------------------------------------------------------------------ 4. resume
 
 @pytest.mark.slow  # a third trainer to compile: ~50 s here, more on a loaded machine
 def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(ppo_runs, world, tmp_path):
@@ -384,7 +367,7 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(ppo_runs, world,
             np.testing.assert_allclose(p.asnumpy(), q.asnumpy(), atol=1e-5, err_msg=name)
 
 
-# ------------------------------------------------------------------ 6. config errors
+# ------------------------------------------------------------------ 5. config errors
 
 BASE = ["policy=p", "reward_model=r", "data.prompts=x.jsonl"]
 
