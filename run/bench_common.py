@@ -106,6 +106,67 @@ def versions(*names) -> dict:
 
 
 # ------------------------------------------------------------------------------------ model folders
+# --sizes names with real weights: a GGUF preset (mindrlhf.nn.gguf), converted once to a HuggingFace folder
+# that both frameworks load (the benchmark venv has no `gguf` package). Other sizes are models/<size>.yaml
+# presets with random weights.
+PRETRAINED = {"smollm2": "smollm2-135m-instruct"}
+CACHE = os.path.join(ROOT, "run", ".bench-cache")
+
+
+def pretrained_folder(size: str) -> str:
+    """The HuggingFace folder of ``PRETRAINED[size]`` under run/.bench-cache, converted on first use
+    (``mindrlhf convert --from-gguf``'s conversion: fp32 weights, the model's tokenizer) and again when
+    the GGUF file changes."""
+    from mindrlhf.nn.gguf import gguf_path, gguf_to_hf_folder
+
+    source = os.path.abspath(gguf_path(PRETRAINED[size]))
+    stat = os.stat(source)
+    stamp = {"gguf": source, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    folder = os.path.join(CACHE, PRETRAINED[size])
+    stamp_path = os.path.join(folder, "converted_from.json")
+    if os.path.exists(stamp_path):
+        with open(stamp_path, encoding="utf-8") as f:
+            if json.load(f) == stamp:
+                return folder
+    print(f"[bench] converting {source} -> {folder} (once)", flush=True)
+    gguf_to_hf_folder(source, folder)
+    with open(stamp_path, "w", encoding="utf-8") as f:  # written last: a half-done conversion has no stamp
+        json.dump(stamp, f)
+    return folder
+
+
+def size_notes(size: str) -> list:
+    """Report notes a row of ``size`` adds: where real weights came from."""
+    if size not in PRETRAINED:
+        return []
+    return [f"{size}: the real weights of {PRETRAINED[size]} (its GGUF dequantized to fp32, one HuggingFace folder "
+            "that both sides load); tiny and gpt2 are random-weight presets. Prompts are random token ids."]
+
+
+def link_folder(source: str, folder: str) -> None:
+    """``folder`` holding symlinks to the files of ``source`` (the 0.5 GB of SmolLM2 weights are not copied)."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(source):
+        if name != "converted_from.json":
+            os.symlink(os.path.join(source, name), os.path.join(folder, name))
+
+
+def write_lm(size: str, folder: str, min_positions: int, seed: int) -> dict:
+    """A HuggingFace LM folder of ``size`` with its tokenizer: the cached real weights for a ``PRETRAINED``
+    size, else random weights from the preset; returns its config.json."""
+    if size in PRETRAINED:
+        link_folder(pretrained_folder(size), folder)
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        if config.get("max_position_embeddings", min_positions) < min_positions:
+            raise ValueError(f"{size}: {min_positions} positions asked for, the model has "
+                             f"{config['max_position_embeddings']}; use a shorter prompt or fewer new tokens")
+        return config
+    config = hf_config(size, min_positions)
+    write_random_lm(config, folder, seed)
+    return config
+
+
 def hf_config(size: str, min_positions: int) -> dict:
     """The HuggingFace config.json of a mindrlhf preset (``models/<size>.yaml``), positions >= min_positions."""
     from mindrlhf.nn import ModelConfig
@@ -144,14 +205,15 @@ def write_random_lm(config: dict, folder: str, seed: int, tokenizer: bool = True
         write_tokenizer(folder, config["vocab_size"])
 
 
-def write_reward_folder(config: dict, folder: str, seed: int) -> None:
-    """A reward-model folder in mindrlhf's layout: trunk (HF folder) + reward_head.safetensors
-    (weight [H, 1], bias [1]) + rm_stats.json. transformers reads the trunk into a
-    ``*ForSequenceClassification`` and the head into its ``score`` layer (bias 0: theirs has none)."""
+def write_reward_folder(size: str, folder: str, min_positions: int, seed: int) -> None:
+    """A reward-model folder in mindrlhf's layout: trunk (``write_lm``: real weights for a ``PRETRAINED``
+    size, else random) + reward_head.safetensors (weight [H, 1] random, bias [1] zero) + rm_stats.json.
+    transformers reads the trunk into a ``*ForSequenceClassification`` and the head into its ``score``
+    layer (bias 0: theirs has none)."""
     import numpy as np
     from safetensors.numpy import save_file
 
-    write_random_lm(config, folder, seed, tokenizer=True)
+    config = write_lm(size, folder, min_positions, seed)
     hidden = config.get("n_embd") or config["hidden_size"]
     rng = np.random.default_rng(seed)
     save_file({"weight": (rng.standard_normal((hidden, 1)) * 0.02).astype(np.float32),

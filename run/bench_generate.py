@@ -2,10 +2,12 @@
 
     python run/bench_generate.py --sizes tiny,gpt2 --batches 8,32 --prompt-len 64 --new-tokens 128
 
-Greedy, EOS disabled so every row generates all new tokens. Both sides get the same random weights
-(the transformers model is saved and loaded into ours). Reports tokens/s of each, their ratio, our
-compile time (first call minus a warm call) and the process's peak RSS after our runs (both sides share
-this process, so the RSS is ours plus the transformers model; bench_ppo and bench_train separate them).
+Greedy, EOS disabled so every row generates all new tokens. Both sides get the same weights: random
+ones for a models/ preset (the transformers model is saved and loaded into ours), SmolLM2-135M-Instruct's
+for ``smollm2`` (the HuggingFace folder converted once from its GGUF into run/.bench-cache).
+Reports tokens/s of each, their ratio, our compile time (first call minus a warm call) and the process's
+peak RSS after our runs (both sides share this process, so the RSS is ours plus the transformers model;
+bench_ppo and bench_train separate them).
 ``--json`` writes rows in the format of ``run/bench_common.py``, which ``run/bench_all.sh`` merges.
 """
 import argparse
@@ -30,9 +32,15 @@ peak_rss_mb = bc.peak_rss_mb
 
 
 def build_pair(size, total_len, folder):
-    """(transformers model, our CausalLM) with identical random weights."""
+    """(transformers model, our CausalLM) with identical weights: real ones for a ``bc.PRETRAINED`` size (both
+    load the cached HuggingFace folder), else random ones (saved by transformers into ``folder``)."""
     import torch
     import transformers
+    if size in bc.PRETRAINED:
+        bc.write_lm(size, folder, total_len, seed=0)  # validates the positions; links the cached folder
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        theirs.generation_config.eos_token_id = None  # the model's config names one; EOS is off on both sides
+        return theirs, CausalLM.from_pretrained(folder)
     cfg = ModelConfig.from_preset(size)
     cfg.max_position_embeddings = max(cfg.max_position_embeddings, total_len)
     torch.manual_seed(0)
@@ -129,7 +137,8 @@ def common_row(row, compile_s, args):
             "peer_name": "transformers generate", "peer": peer, "speed_metric": "tokens_per_s",
             "speedup": row["ratio"],
             "notes": ["generate: greedy, EOS off; tokens/s = B·N / seconds of one generate call (best of "
-                      f"{args.repeats}); RSS is the shared process's (ours + the transformers model)."]}
+                      f"{args.repeats}); RSS is the shared process's (ours + the transformers model)."]
+            + bc.size_notes(row["size"])}
 
 
 if __name__ == "__main__":

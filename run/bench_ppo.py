@@ -10,10 +10,12 @@ tokens (no EOS stop). Each side runs in its own process (``--side ours`` here, `
 benchmark venv), one warm-up iteration (compilation included, reported as ``first_s``) and then
 ``--iters`` timed ones; reported: seconds per iteration, per phase, tokens/s and peak RSS.
 
-Differences in what each side computes, by design of each framework (kept, and noted in the report):
-TRL takes the rollout log-probs from the logits kept during generation (3 scoring forwards: reference,
-value, reward), mindrlhf recomputes them in its scoring graph (4 forwards); TRL updates policy and value
-with one optimizer over both, mindrlhf with one compiled step each.
+What each side computes, by design of each framework (noted in the report):
+both take the rollout log-probs from generation (TRL from the logits it keeps, mindrlhf from its sampler's
+log-probs: ``rollout.logprobs_from_generation``, temperature 1) and score with 3 forwards (reference, value,
+reward); mindrlhf's policies apply the LM head to the N response positions only (scoring and actor step),
+TRL's to all P+N; TRL updates policy and value with one optimizer over both, mindrlhf with one compiled
+step each.
 """
 import argparse
 import dataclasses
@@ -30,8 +32,9 @@ import numpy as np  # noqa: E402
 from run import bench_common as bc  # noqa: E402
 
 NOTES = [
-    "PPO: TRL reuses the generation logits for the rollout log-probs (3 scoring forwards); mindrlhf runs "
-    "actor, reference, critic and reward model in one scoring graph (4 forwards).",
+    "PPO: both take the rollout log-probs from generation (TRL: kept logits; mindrlhf: its sampler's log-probs) "
+    "and score with 3 forwards (reference, value, reward); mindrlhf's LM head runs on the N response positions "
+    "only (scoring and actor step), TRL's on all P+N.",
     "PPO: TRL steps one AdamW over policy+value per mini-batch; mindrlhf runs a compiled actor step and a "
     "compiled critic step. Both: fp32, no gradient checkpointing, temperature 1, EOS off.",
     "PPO tokens/s = B·N generated tokens / seconds per whole iteration.",
@@ -80,9 +83,9 @@ class Timed:
 
 # ------------------------------------------------------------------------------------ sides
 def side_prepare(args) -> dict:
-    config = bc.hf_config(args.size, args.prompt_len + args.new_tokens)
-    bc.write_random_lm(config, os.path.join(args.dir, "policy"), seed=1)
-    bc.write_reward_folder(config, os.path.join(args.dir, "reward"), seed=2)
+    positions = args.prompt_len + args.new_tokens
+    config = bc.write_lm(args.size, os.path.join(args.dir, "policy"), positions, seed=1)
+    bc.write_reward_folder(args.size, os.path.join(args.dir, "reward"), positions, seed=2)
     with open(os.path.join(args.dir, "prompts.jsonl"), "w", encoding="utf-8") as f:
         for _ in range(args.batch):  # the trainer wants a prompts file (>= one batch); rows come from ids
             f.write(json.dumps({"prompt": "t4 t5 t6"}) + "\n")
@@ -158,10 +161,9 @@ def side_trl(args) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     policy_dir, reward_dir = os.path.join(args.dir, "policy"), os.path.join(args.dir, "reward")
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_file=os.path.join(policy_dir, "tokenizer.json"),
-        pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>")
+    tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(policy_dir)  # pad/eos from tokenizer_config
     policy = transformers.AutoModelForCausalLM.from_pretrained(policy_dir)
+    policy.generation_config.eos_token_id = None  # all N tokens, as ours (a real model's config names its EOS)
     ref = transformers.AutoModelForCausalLM.from_pretrained(policy_dir)
     head = load_file(os.path.join(reward_dir, "reward_head.safetensors"))
 
@@ -271,7 +273,7 @@ def orchestrate(args) -> dict:
         rows.append({"bench": "ppo", "size": size, "settings": settings, "ours": ours,
                      "peer_name": "trl " + peer.get("versions", {}).get("trl", "?"), "peer": peer,
                      "speed_metric": "tokens_per_s", "speedup": bc.speedup(ours, peer, "tokens_per_s"),
-                     "notes": NOTES})
+                     "notes": NOTES + bc.size_notes(size)})
         for name, d in (("ours", ours), ("trl", peer)):
             if "error" in d:
                 print(f"[{size}] {name}: {d['error']}")

@@ -2,9 +2,10 @@
 
     python run/bench_train.py --sizes tiny,gpt2 --batch 8 --seq-len 64 --steps 5
 
-Both sides load the same random HuggingFace folder (ours through ``CausalLM.from_pretrained``, theirs
-through transformers) and take optimizer steps on the same random batch: masked next-token NLL over
-the second half of each row (the "response"), global-norm clipping at 1.0, AdamW (betas 0.9/0.95).
+Both sides load the same HuggingFace folder (random weights; SmolLM2-135M-Instruct's for ``smollm2``;
+ours through ``CausalLM.from_pretrained``, theirs through transformers) and take optimizer steps on the
+same random batch: masked next-token NLL over the second half of each row (the "response"), global-norm
+clipping at 1.0, AdamW (betas 0.9/0.95).
 Each side runs in its own process; the first step (compilation for ours) is reported as ``first_s``,
 the rest are timed. The first-step losses of both sides are reported too: equal losses show that both
 ran the same model on the same batch.
@@ -43,8 +44,7 @@ def summarize(times: list, cpu: list, losses: list, args) -> dict:
 
 
 def side_prepare(args) -> dict:
-    config = bc.hf_config(args.size, args.seq_len)
-    bc.write_random_lm(config, os.path.join(args.dir, "model"), seed=3)
+    config = bc.write_lm(args.size, os.path.join(args.dir, "model"), args.seq_len, seed=3)
     return {"vocab_size": config["vocab_size"]}
 
 
@@ -138,7 +138,7 @@ def orchestrate(args) -> dict:
         rows.append({"bench": "train", "size": size, "settings": settings, "ours": ours,
                      "peer_name": "torch " + peer.get("versions", {}).get("torch", "?") + " loop", "peer": peer,
                      "speed_metric": "tokens_per_s", "speedup": bc.speedup(ours, peer, "tokens_per_s"),
-                     "notes": NOTES})
+                     "notes": NOTES + bc.size_notes(size)})
         for name, d in (("ours", ours), ("torch", peer)):
             if "error" in d:
                 print(f"[{size}] {name}: {d['error']}")
