@@ -14,8 +14,10 @@ model to the report as the policy ``base``.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
 from typing import Optional
@@ -66,6 +68,8 @@ class PipelineConfig:
     eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and PPO")
     compare_base: bool = field(False, "also evaluate the untouched sft.model as policy 'base' (pretrained models only)")
     runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed (used by every stage)")
+    stage_processes: bool = field(True, "run each stage in its own child process, so its compiled graphs and "
+                                        "their memory are gone before the next stage starts (off under msrun)")
 
     def validate(self):
         require(not self.compare_base or _pretrained(self.sft.model), "compare_base",
@@ -106,6 +110,19 @@ def _resume_from(stage_dir: str) -> Optional[str]:
     return stage_dir if os.path.isfile(os.path.join(stage_dir, "checkpoints", "latest")) else None
 
 
+def _call(isolated: bool, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, in a spawned child process when ``isolated``.
+
+    MindSpore keeps every compiled graph of a process, with the memory its CPU kernels hold, until the
+    process ends: on SmolLM2 the PPO stage reached 24 GB resident after SFT and the reward model had run
+    in the same process, against ~11 GB on its own. A child per stage returns all of it. Under msrun the
+    stages stay in the worker that owns the communication group."""
+    if not isolated or runtime.launched_by_msrun():
+        return fn(*args, **kwargs)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
 def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     """Run every stage that has not finished yet, then write ``out_dir/report.md``; return the summary."""
     from .data.builtin.labeler import Labeler
@@ -125,6 +142,7 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     os.makedirs(out, exist_ok=True)
     save_config(cfg, os.path.join(out, "config.yaml"))
     times: dict = {}
+    iso = cfg.stage_processes
 
     def timed(name, fn):
         t0 = time.perf_counter()
@@ -146,24 +164,24 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     if not _done(os.path.join(cfg.sft.out_dir, "model")):
         from .trainers.sft import train_sft
 
-        timed("sft", lambda: train_sft(cfg.sft, resume=_resume_from(cfg.sft.out_dir)))
+        timed("sft", lambda: _call(iso, train_sft, cfg.sft, resume=_resume_from(cfg.sft.out_dir)))
     if not os.path.isfile(cfg.rm.data.train):
         from .trainers.rankings import sample_rankings
 
         r = cfg.rankings
-        timed("rankings", lambda: sample_rankings(
-            os.path.join(cfg.sft.out_dir, "model"), os.path.join(data_dir, "prompts.jsonl"), cfg.rm.data.train,
-            k=r.k, noise=r.noise, seed=cfg.runtime.seed, temperature=r.temperature,
+        timed("rankings", lambda: _call(
+            iso, sample_rankings, os.path.join(cfg.sft.out_dir, "model"), os.path.join(data_dir, "prompts.jsonl"),
+            cfg.rm.data.train, k=r.k, noise=r.noise, seed=cfg.runtime.seed, temperature=r.temperature,
             max_new_tokens=r.max_new_tokens, batch_prompts=r.batch_prompts, max_prompts=r.max_prompts,
             runtime_cfg=cfg.runtime))
     if not _done(os.path.join(cfg.rm.out_dir, "model")):
         from .trainers.reward import train_rm
 
-        timed("rm", lambda: train_rm(cfg.rm, resume=_resume_from(cfg.rm.out_dir)))
+        timed("rm", lambda: _call(iso, train_rm, cfg.rm, resume=_resume_from(cfg.rm.out_dir)))
     if not _done(os.path.join(cfg.ppo.out_dir, "model")):
         from .trainers.ppo import train_ppo
 
-        timed("ppo", lambda: train_ppo(cfg.ppo, resume=_resume_from(cfg.ppo.out_dir)))
+        timed("ppo", lambda: _call(iso, train_ppo, cfg.ppo, resume=_resume_from(cfg.ppo.out_dir)))
 
     def evaluate():
         from .data.encoding import encode_prompts
