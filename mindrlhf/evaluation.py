@@ -23,7 +23,7 @@ from .data.tokenizer import Tokenizer
 from .nn import CausalLM
 from .nn.generate import GenerationConfig, Generator
 from .roles import Policy
-from .trainers.experience import assemble, response_slice
+from .trainers.experience import assemble
 
 
 @dataclasses.dataclass
@@ -48,8 +48,8 @@ class _SequenceLogprob(nn.Cell):
         self.policy, self.n = policy, response_len
 
     def construct(self, input_ids, attention_mask, response_mask):
-        logprobs, _ = self.policy(input_ids, attention_mask)
-        return (response_slice(logprobs, self.n, input_ids.shape[1]) * response_mask).sum(-1)
+        logprobs, _ = self.policy.response_logprobs(input_ids, attention_mask, self.n)
+        return (logprobs * response_mask).sum(-1)
 
 
 @dataclasses.dataclass
