@@ -75,7 +75,7 @@ def _data_builtin(args) -> int:
     from .data.builtin.task import write_builtin_task
     from .data.tokenizer import train_tokenizer
 
-    paths = write_builtin_task(args.out, seed=args.seed)
+    paths = write_builtin_task(args.out, seed=args.seed, shelf=args.shelf)
     tok = train_tokenizer(os.path.join(args.out, "corpus.txt"), args.vocab_size, os.path.join(args.out, "tokenizer"))
     print(f"[data] built-in task (seed {args.seed}) → {args.out}: {', '.join(sorted(map(os.path.basename, paths)))}; "
           f"tokenizer with {tok.vocab_size} pieces")
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=0, help="world seed; another seed gives another world")
     b.add_argument("--vocab-size", type=int, default=1000)
+    b.add_argument("--shelf", type=int, default=0, help="films listed with their facts in every prompt (0 = none)")
     b.set_defaults(func=_data_builtin)
     r = data_sub.add_parser("rankings", help="sample K responses per prompt from a policy; the built-in labeler ranks them")
     r.add_argument("--policy", required=True, help="SFT output folder (model + tokenizer)")

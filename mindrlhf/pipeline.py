@@ -38,6 +38,8 @@ class BuiltinConfig:
     n_prompts: int = field(1000, "prompts for rankings and PPO rollouts")
     n_heldout: int = field(200, "held-out prompts for the final evaluation")
     vocab_size: int = field(1000, "sentencepiece vocabulary size")
+    shelf: int = field(0, "films listed with their facts in every prompt, one of them the right answer "
+                          "(0 = none: the model must learn the catalogue; at least 3 otherwise)")
 
 
 @dataclasses.dataclass
@@ -156,7 +158,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         b = cfg.builtin
 
         def make_data():
-            write_builtin_task(data_dir, seed=b.seed, n_train=b.n_train, n_prompts=b.n_prompts, n_heldout=b.n_heldout)
+            write_builtin_task(data_dir, seed=b.seed, n_train=b.n_train, n_prompts=b.n_prompts, n_heldout=b.n_heldout,
+                               shelf=b.shelf)
             if not own_tokenizer:
                 train_tokenizer(os.path.join(data_dir, "corpus.txt"), b.vocab_size, os.path.join(data_dir, "tokenizer"))
 

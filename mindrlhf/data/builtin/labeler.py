@@ -5,7 +5,8 @@ the rankings it produces.
 Scoring rubric, ``score(prompt, response) = sum of``:
 
 From the prompt the labeler reads the requested genre (genre words, e.g. "comedies", "scary") and the
-title the user has already seen (any catalogue title in the prompt). In the response, the
+title the user has already seen (any catalogue title in the prompt before the shelf, if the prompt lists
+films on a shelf: see :data:`SHELF_INTRO`). In the response, the
 *recommendation* is the first catalogue title mentioned, skipping mentions of the seen title that are
 acknowledgements (preceded closely by "seen", "saw", "watched", "liked", ...).
 
@@ -41,6 +42,7 @@ ACK_WORDS = re.compile(r"\b(seen|saw|watched|liked|loved|enjoyed)\b", re.IGNOREC
 ACK_WINDOW = 30  # characters before a seen-title mention searched for an acknowledgement word
 YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 QUOTED = re.compile(r"\"([^\"]{1,80})\"")
+SHELF_INTRO = "\nOn my shelf: "  # a prompt may end with films to choose from; the request is the text before it
 
 
 def _phrase(text: str) -> re.Pattern:
@@ -68,11 +70,17 @@ class Labeler:
 
     def parse_prompt(self, prompt: str) -> Tuple[Optional[str], Optional[Movie]]:
         """``(requested genre or None, seen title or None)``."""
+        prompt = prompt.split(SHELF_INTRO)[0]
         mentions = self._mentions(prompt)
         seen = mentions[0][2] if mentions else None
         rest = _blank_out(prompt, [(s, e) for s, e, _ in mentions])
         genres = self._genres_in(rest)
         return (genres[0] if genres else None), seen
+
+    def shelf_in(self, prompt: str) -> List[Movie]:
+        """The films listed on the prompt's shelf, in order (empty if it has none)."""
+        _, _, shelf = prompt.partition(SHELF_INTRO)
+        return [m for _, _, m in self._mentions(shelf)]
 
     # ------------------------------------------------------------ scoring
     def explain(self, prompt: str, response: str) -> Dict[str, float]:

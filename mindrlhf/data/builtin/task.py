@@ -12,14 +12,21 @@
 
 Prompts are short ("Any good comedies? I've already seen \"Velmor's Garden\".") and so are answers
 (about 10-25 words), so a tiny LM can learn the format in minutes on a CPU.
+
+With ``shelf=n`` every prompt also lists n films of the catalogue with their facts (see :func:`shelf_for`),
+and every demonstration recommends one of them. A model trained from scratch learns the catalogue from
+thousands of demonstrations; a pretrained model fine-tuned for a few minutes does not, but it can learn
+to read a list in its prompt. The shelf turns the task from recall into choosing well and quoting exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mindrlhf.data.builtin.labeler import SHELF_INTRO
 from mindrlhf.data.builtin.world import GENRES, make_world
 from mindrlhf.data.formats import write_jsonl
 
@@ -33,7 +40,8 @@ FULL_ANSWERS = ("Try \"{title}\" ({year}), directed by {director}. It is about {
                 "Watch \"{title}\" ({year}), about {description}.")
 TERSE_ANSWERS = ("Try \"{title}\".", "\"{title}\" is a good pick.", "Watch \"{title}\".")
 ACKS = ("Glad you liked \"{seen}\"! ", "Since you saw \"{seen}\", ")
-TEMPLATE_TEXT = PROMPT_TEMPLATES + SEEN_TEMPLATES + FULL_ANSWERS + TERSE_ANSWERS + ACKS
+SHELF_ENTRY = "\"{title}\" ({genre}, {year}, by {director}: {description})"
+TEMPLATE_TEXT = PROMPT_TEMPLATES + SEEN_TEMPLATES + FULL_ANSWERS + TERSE_ANSWERS + ACKS + (SHELF_INTRO, SHELF_ENTRY)
 
 P_SEEN = 0.4  # share of prompts that name a seen title
 P_SEEN_SAME_GENRE = 0.8  # a seen title is usually of the requested genre, where recommending it is tempting
@@ -63,11 +71,27 @@ def _prompt_space(world) -> Tuple[List[tuple], np.ndarray]:
     return keys, probs / probs.sum()
 
 
-def prompt_text(key: tuple) -> str:
+def prompt_text(key: tuple, shelf: Sequence = ()) -> str:
+    """The prompt for a key, followed by the films on the shelf (if any), each with its facts."""
     t, genre, seen, s = key
     a_genre, genres, _ = GENRES[genre]
     text = PROMPT_TEMPLATES[t].format(a_genre=a_genre, genres=genres)
-    return text + (SEEN_TEMPLATES[s].format(seen=seen) if seen is not None else "")
+    text += SEEN_TEMPLATES[s].format(seen=seen) if seen is not None else ""
+    if shelf:
+        text += SHELF_INTRO + "; ".join(SHELF_ENTRY.format(**vars(m)) for m in shelf) + "."
+    return text
+
+
+def shelf_for(world, key: tuple, rng: np.random.Generator, size: int) -> list:
+    """``size`` (>= 3) films for a prompt key, in random order: one unseen film of the requested genre, the
+    seen title if the prompt names one (a tempting wrong answer), and films of other genres to fill."""
+    if size < 3:
+        raise ValueError(f"shelf={size}: a shelf holds at least 3 films (the right one, the seen one, a wrong one)")
+    _, genre, seen, _ = key
+    films = [_pick(world, rng, genre, avoid=seen)] + ([world.by_title(seen)] if seen else [])
+    others = [m for m in world.movies if m.genre != genre and m not in films]
+    films += [others[i] for i in rng.choice(len(others), size - len(films), replace=False)]
+    return [films[i] for i in rng.permutation(len(films))]
 
 
 def _fill(template: str, movie, seen: Optional[str] = None) -> str:
@@ -85,19 +109,23 @@ def ideal_response(labeler, prompt: str, rng: np.random.Generator) -> str:
     genre with its year, director and description, acknowledging the seen title if there is one."""
     genre, seen = labeler.parse_prompt(prompt)
     world = labeler.world
-    movie = _pick(world, rng, genre or world.genres[0], avoid=seen.title if seen else None)
+    shelf = labeler.shelf_in(prompt)
+    movie = _pick(world, rng, genre or world.genres[0], avoid=seen.title if seen else None, pool=shelf or None)
     answer = _fill(FULL_ANSWERS[0], movie)
     return _with_ack(ACKS[rng.integers(len(ACKS))], answer, seen.title) if seen else answer
 
 
-def _pick(world, rng, genre: str, avoid: Optional[str] = None, same: bool = True):
-    pool = [m for m in world.movies if (m.genre == genre) == same and m.title != avoid]
+def _pick(world, rng, genre: str, avoid: Optional[str] = None, same: bool = True, pool: Optional[Sequence] = None):
+    pool = [m for m in (pool or world.movies) if (m.genre == genre) == same and m.title != avoid]
     return pool[rng.integers(len(pool))]
 
 
-def demonstration(world, key: tuple, rng: np.random.Generator) -> str:
-    """One demonstration answer for a prompt key, of a kind drawn with the DEMO_KINDS shares."""
+def demonstration(world, key: tuple, rng: np.random.Generator, shelf: Sequence = ()) -> str:
+    """One demonstration answer for a prompt key, of a kind drawn with the DEMO_KINDS shares; with a
+    shelf, the recommendation (right or wrong) is one of the shelf's films."""
     _, genre, seen, _ = key
+    if shelf:
+        world = dataclasses.replace(world, movies=tuple(shelf))
     kind = DEMO_KINDS[rng.choice(len(DEMO_KINDS), p=[p for _, p in DEMO_KINDS])][0]
     full = FULL_ANSWERS[rng.integers(len(FULL_ANSWERS))]
     if kind == "terse":
@@ -153,16 +181,21 @@ def corpus_lines(world, demonstrations: Sequence[dict]) -> List[str]:
 
 
 def write_builtin_task(out_dir: str, seed: int = 0, n_train: int = 2000, n_prompts: int = 1000,
-                       n_heldout: int = 200, n_titles: int = 48) -> Dict[str, str]:
+                       n_heldout: int = 200, n_titles: int = 48, shelf: int = 0) -> Dict[str, str]:
     """Write the task files (see module docstring) into ``out_dir``; return ``{name: path}``."""
     world = make_world(seed, n_titles=n_titles)
     rng = np.random.Generator(np.random.PCG64([seed, 1]))
-    demos = [{"prompt": prompt_text(k), "response": demonstration(world, k, rng)}
-             for k in sample_prompts(world, rng, n_train, heldout=False)]
-    prompts = [{"prompt": prompt_text(k), "genre": k[1], "seen": k[2]}
-               for k in sample_prompts(world, rng, n_prompts, heldout=False)]
-    heldout = [{"prompt": prompt_text(k), "genre": k[1], "seen": k[2]}
-               for k in sample_prompts(world, rng, n_heldout, heldout=True)]
+    shelf_rng = np.random.Generator(np.random.PCG64([seed, 2]))  # its own stream: shelf=0 files stay as they were
+
+    def shelved(keys):
+        return [(k, shelf_for(world, k, shelf_rng, shelf) if shelf else ()) for k in keys]
+
+    demos = [{"prompt": prompt_text(k, films), "response": demonstration(world, k, rng, films)}
+             for k, films in shelved(sample_prompts(world, rng, n_train, heldout=False))]
+    prompts = [{"prompt": prompt_text(k, films), "genre": k[1], "seen": k[2]}
+               for k, films in shelved(sample_prompts(world, rng, n_prompts, heldout=False))]
+    heldout = [{"prompt": prompt_text(k, films), "genre": k[1], "seen": k[2]}
+               for k, films in shelved(sample_prompts(world, rng, n_heldout, heldout=True))]
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, name) for name in
              ("demonstrations.jsonl", "prompts.jsonl", "heldout_prompts.jsonl", "corpus.txt", "world.json")}
