@@ -18,6 +18,7 @@ setup(
         "safetensors",
         "tqdm",
         "matplotlib",
+        "decorator",  # imported by MindSpore's bundled AKG compiler when runtime.graph_kernel is on
     ],
     extras_require={
         "gguf": ["gguf==0.19.0", "tokenizers", "jinja2"],

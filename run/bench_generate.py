@@ -88,6 +88,7 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side (best is reported)")
     parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
+    parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -97,6 +98,8 @@ def main():
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     if args.jit_level:
         ms.set_context(jit_config={"jit_level": args.jit_level})
+    if args.graph_kernel:
+        ms.set_context(enable_graph_kernel=True)
     rng = np.random.default_rng(0)
     results = []
     print(f"{'size':>6} {'batch':>5} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} {'compile s':>9} "
@@ -132,7 +135,7 @@ def common_row(row, compile_s, args):
     peer = {"tokens_per_s": row["hf_tokens_per_s"], "step_s": tokens / row["hf_tokens_per_s"],
             "load_average_end": load}
     settings = {"batch": row["batch"], "prompt_len": row["prompt_len"], "new_tokens": row["new_tokens"],
-                "jit_level": args.jit_level, "threads": args.threads}
+                "jit_level": args.jit_level, "graph_kernel": args.graph_kernel, "threads": args.threads}
     return {"bench": "generate", "size": row["size"], "settings": settings, "ours": ours,
             "peer_name": "transformers generate", "peer": peer, "speed_metric": "tokens_per_s",
             "speedup": row["ratio"],
