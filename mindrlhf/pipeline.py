@@ -41,6 +41,10 @@ class BuiltinConfig:
     shelf: int = field(0, "films listed with their facts in every prompt, one of them the right answer "
                           "(0 = none: the model must learn the catalogue; at least 3 otherwise)")
 
+    def validate(self):
+        require(self.shelf == 0 or self.shelf >= 3, "builtin.shelf",
+                f"{self.shelf}: use 0 (no shelf) or at least 3 (the right film, the seen one, a wrong one)")
+
 
 @dataclasses.dataclass
 class RankingsConfig:

@@ -65,3 +65,14 @@ def test_shelf_below_three_is_refused():
     with pytest.raises(ValueError, match="shelf=2"):
         shelf_for(world, key, np.random.default_rng(0), 2)
     assert SHELF_INTRO not in prompt_text(key)  # no shelf: the prompt is the request alone
+
+
+def test_pipeline_config_names_a_bad_shelf(tmp_path):
+    from mindrlhf.config import ConfigError, load_config
+    from mindrlhf.pipeline import PipelineConfig
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("builtin:\n  shelf: 2\n")
+    with pytest.raises(ConfigError, match="builtin.shelf"):
+        load_config(PipelineConfig, str(cfg))
+    assert load_config(PipelineConfig, str(cfg), ["builtin.shelf=3"]).builtin.shelf == 3

@@ -70,7 +70,7 @@ class Labeler:
 
     def parse_prompt(self, prompt: str) -> Tuple[Optional[str], Optional[Movie]]:
         """``(requested genre or None, seen title or None)``."""
-        prompt = prompt.split(SHELF_INTRO)[0]
+        prompt = prompt.partition(SHELF_INTRO)[0]
         mentions = self._mentions(prompt)
         seen = mentions[0][2] if mentions else None
         rest = _blank_out(prompt, [(s, e) for s, e, _ in mentions])
