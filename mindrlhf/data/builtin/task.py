@@ -108,24 +108,27 @@ def ideal_response(labeler, prompt: str, rng: np.random.Generator) -> str:
     """A best-scoring answer to ``prompt`` (``labeler.max_score(prompt)``): an unseen title of the requested
     genre with its year, director and description, acknowledging the seen title if there is one."""
     genre, seen = labeler.parse_prompt(prompt)
-    world = labeler.world
-    shelf = labeler.shelf_in(prompt)
-    movie = _pick(world, rng, genre or world.genres[0], avoid=seen.title if seen else None, pool=shelf or None)
+    world = _choosing_from(labeler.world, labeler.shelf_in(prompt))
+    movie = _pick(world, rng, genre or world.genres[0], avoid=seen.title if seen else None)
     answer = _fill(FULL_ANSWERS[0], movie)
     return _with_ack(ACKS[rng.integers(len(ACKS))], answer, seen.title) if seen else answer
 
 
-def _pick(world, rng, genre: str, avoid: Optional[str] = None, same: bool = True, pool: Optional[Sequence] = None):
-    pool = [m for m in (pool or world.movies) if (m.genre == genre) == same and m.title != avoid]
+def _pick(world, rng, genre: str, avoid: Optional[str] = None, same: bool = True):
+    pool = [m for m in world.movies if (m.genre == genre) == same and m.title != avoid]
     return pool[rng.integers(len(pool))]
+
+
+def _choosing_from(world, shelf: Sequence):
+    """The world whose films an answer may recommend: the shelf's, when the prompt has one."""
+    return dataclasses.replace(world, movies=tuple(shelf)) if shelf else world
 
 
 def demonstration(world, key: tuple, rng: np.random.Generator, shelf: Sequence = ()) -> str:
     """One demonstration answer for a prompt key, of a kind drawn with the DEMO_KINDS shares; with a
     shelf, the recommendation (right or wrong) is one of the shelf's films."""
     _, genre, seen, _ = key
-    if shelf:
-        world = dataclasses.replace(world, movies=tuple(shelf))
+    world = _choosing_from(world, shelf)
     kind = DEMO_KINDS[rng.choice(len(DEMO_KINDS), p=[p for _, p in DEMO_KINDS])][0]
     full = FULL_ANSWERS[rng.integers(len(FULL_ANSWERS))]
     if kind == "terse":
