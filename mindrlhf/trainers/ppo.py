@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import mindspore as ms
 import numpy as np
@@ -80,10 +80,15 @@ class CriticLoss(nn.Cell):
 class PPOTrainer:
     """Holds the four roles, their compiled passes and optimizers; ``train()`` runs the iterations."""
 
-    def __init__(self, cfg: PPOConfig, reward_model: Optional[nn.Cell] = None):
+    def __init__(self, cfg: PPOConfig, reward_model: Optional[nn.Cell] = None,
+                 reward_fn: Optional[Callable[[Sequence[str], Sequence[str]], Sequence[float]]] = None):
         """``reward_model``: a Cell called like :class:`~mindrlhf.roles.RewardModel` (ids [B, T], mask [B, T],
         last_index [B]) → scores [B], used instead of the ``cfg.reward_model`` folder (tests score with a
-        known function of the tokens). It has no rm_stats.json to normalise with, nor a trunk for the critic."""
+        known function of the tokens). It has no rm_stats.json to normalise with, nor a trunk for the critic.
+
+        ``reward_fn(prompt texts, response texts) → scores``: a score computed from the text, replacing the
+        reward model's (which still gives the critic its start); not normalised with rm_stats.json.
+        ``ppo.gold_reward`` makes it the built-in task's hidden labeler."""
         self.cfg = cfg
         self.rt = runtime.setup(cfg.runtime)
         self.tokenizer = Tokenizer.load(cfg.tokenizer or cfg.policy)
@@ -121,6 +126,9 @@ class PPOTrainer:
             from ..data.builtin.world import load_world
 
             self.labeler = Labeler(load_world(cfg.data.labeler_world))
+        if cfg.ppo.gold_reward:
+            reward_fn = self._labeler_scores
+        self.reward_fn = reward_fn
 
     def _build_roles(self, cfg: PPOConfig, vocab: int, reward_model: Optional[nn.Cell]) -> None:
         if reward_model is None:
@@ -168,6 +176,9 @@ class PPOTrainer:
             ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.tokenizer.pad_id)
             mask, last_index = np.pad(mask, ((0, 0), (pad, 0))), last_index + pad
         *old_lp, ref_lp, values, raw = self._score(ids, mask, last_index)
+        if self.reward_fn is not None:
+            texts = self._texts(gen.response_ids, response_mask)
+            raw = np.asarray(self.reward_fn([p.text for p in prompts], texts), np.float32).reshape(raw.shape)
         old_lp = gen.logprobs if self.reuse_logprobs else old_lp[0]
         scores = self._shape_scores(raw, gen.response_ids)
         kl, rewards, adv, ret = (x.asnumpy() for x in self.advantage(
@@ -195,16 +206,22 @@ class PPOTrainer:
                  "explained_var": explained_variance(exp.values, exp.returns, exp.response_mask),
                  **times, "gen_tok_per_s": float(lengths.sum() / max(times["time_generate"], 1e-9))}
         if self.labeler is not None:
-            texts = [self.tokenizer.decode(r[m > 0]) for r, m in zip(response_ids, exp.response_mask)]
-            stats["labeler_score"] = float(np.mean([self.labeler.score(p.text, t) for p, t in zip(prompts, texts)]))
+            texts = self._texts(response_ids, exp.response_mask)
+            stats["labeler_score"] = float(np.mean(self._labeler_scores([p.text for p in prompts], texts)))
         return stats
+
+    def _labeler_scores(self, prompts: Sequence[str], texts: Sequence[str]) -> list:
+        return [self.labeler.score(p, t) for p, t in zip(prompts, texts)]
+
+    def _texts(self, response_ids, response_mask) -> list:
+        return [self.tokenizer.decode(r[m > 0]) for r, m in zip(response_ids, response_mask)]
 
     def _has_eos(self, response_ids) -> np.ndarray:
         return (response_ids == self.tokenizer.eos_id).any(axis=1)
 
     def _shape_scores(self, raw: np.ndarray, response_ids) -> np.ndarray:
         p, scores = self.cfg.ppo, raw.astype(np.float32)
-        if p.normalize_reward and self.rm_stats:
+        if p.normalize_reward and self.rm_stats and self.reward_fn is None:
             scores = (scores - self.rm_stats["reward_mean"]) / max(self.rm_stats["reward_std"], 1e-6)
         if p.score_clip > 0:
             scores = np.clip(scores, -p.score_clip, p.score_clip)

@@ -73,6 +73,9 @@ class PPOAlgoConfig:
     kl_target: float = field(3.0, "target KL(π‖π_ref) per sequence for the adaptive β")
     kl_horizon: int = field(10000, "horizon of the adaptive β controller, in samples")
     normalize_reward: bool = field(True, "normalise scores with the reward model's rm_stats.json mean and std")
+    gold_reward: bool = field(False, "built-in task: score rollouts with the hidden labeler (data.labeler_world) "
+                                     "instead of the reward model, i.e. a perfect reward model: what PPO makes of "
+                                     "the true reward, apart from the reward model's errors (Gao et al. 2023)")
     score_clip: float = field(5.0, "clip normalised scores to ±this; 0 = off")
     missing_eos_penalty: float = field(-1.0, "added to the score of a response that hits max_new_tokens without EOS")
 
@@ -115,6 +118,8 @@ class PPOConfig:
         require(self.ppo.mini_batch_size >= 1, "ppo.mini_batch_size", "must be >= 1")
         require(self.rollout.batch_size % self.ppo.mini_batch_size == 0, "ppo.mini_batch_size",
                 f"{self.ppo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
+        require(not self.ppo.gold_reward or bool(self.data.labeler_world), "ppo.gold_reward",
+                "the gold reward is the built-in task's labeler: set data.labeler_world to the task's world.json")
         for key, lora in (("actor_lora", self.actor_lora), ("critic_lora", self.critic_lora)):
             # Dropout would make the update's log π differ from the scoring pass's log π_old at ratio 1.
             require(not lora.enabled or lora.dropout == 0, f"{key}.dropout", "must be 0 in PPO")
