@@ -1,6 +1,7 @@
 """PPO: rollout tensors line up with the models that scored them (log π_old from the sampler or recomputed);
 losses against numpy; PPO raises a reward that is a known function of the tokens; resume equals the
-uninterrupted run; config errors. (The advantage pass: test_experience.py.)"""
+uninterrupted run. (The advantage pass: test_experience.py; rewards from text and config errors:
+test_ppo_rewards.py.)"""
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from mindrlhf.config import ConfigError, load_config
+from mindrlhf.config import load_config
 from mindrlhf.data.tokenizer import Tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.nn.generate import GenerationOutput
@@ -241,47 +242,6 @@ def test_rollout_experience_lines_up_with_the_models(ppo_runs, policy_loss, reus
         np.testing.assert_allclose(exp.values[row, :r], ref["values"], atol=1e-4)
 
 
-def test_a_reward_function_of_the_text_replaces_the_reward_models_score(ppo_runs, monkeypatch):
-    """reward_fn(prompt texts, response texts) gives the raw scores, computed on the decoded responses, and
-    they are not normalised with the reward model's statistics (which describe the reward model's scores)."""
-    trainer, _, _ = ppo_runs("clip")
-    seen = []
-
-    def chars(prompts, texts):
-        seen.append((list(prompts), list(texts)))
-        return [len(t) / 100 for t in texts]
-
-    monkeypatch.setattr(trainer, "reward_fn", chars)
-    monkeypatch.setattr(trainer, "rm_stats", {"reward_mean": 100.0, "reward_std": 10.0})
-    prompts = [trainer.prompts[i] for i in range(64)]
-    exp, stats = trainer.make_experience(prompts, seed=7)
-    texts = [trainer.tokenizer.decode(r[m > 0]) for r, m in zip(exp.input_ids[:, -N:], exp.response_mask)]
-    assert seen == [([p.text for p in prompts], texts)]
-    assert len(set(texts)) > 8
-    np.testing.assert_allclose(exp.raw_scores, [len(t) / 100 for t in texts], atol=1e-6)
-    np.testing.assert_allclose(exp.scores, exp.raw_scores)  # rm_stats ignored; no EOS penalty in this config
-    assert stats["score"] == pytest.approx(float(np.mean(exp.raw_scores)), abs=1e-6)
-
-
-def test_gold_reward_is_the_hidden_labelers_score(world, tmp_path):
-    """ppo.gold_reward=true scores with the built-in task's labeler, read from data.labeler_world."""
-    from mindrlhf.data.builtin.labeler import Labeler
-    from mindrlhf.data.builtin.task import ideal_response
-    from mindrlhf.data.builtin.world import make_world
-
-    built = make_world(3)
-    built.save(str(tmp_path / "world.json"))
-    cfg = ppo_config(world, tmp_path / "run", "ppo.gold_reward=true", f"data.labeler_world={tmp_path / 'world.json'}")
-    trainer = PPOTrainer(cfg, reward_model=TargetFraction(world[1].vocab_size, N))
-    labeler, rng = Labeler(built), np.random.default_rng(0)
-    prompts = [f"Any good {g}? I've already seen \"{m.title}\"." for g, m in zip(("comedies", "thrillers"), built.movies)]
-    answers = [ideal_response(labeler, p, rng) for p in prompts] + ["no idea", f"\"{built.movies[0].title}\""]
-    prompts = prompts + prompts
-    want = [labeler.score(p, a) for p, a in zip(prompts, answers)]
-    assert trainer.reward_fn(prompts, answers) == want
-    assert want[0] == labeler.max_score(prompts[0]) and min(want) < 0
-
-
 def test_the_first_update_starts_at_ratio_one_with_the_samplers_logprobs(ppo_runs):
     """log π_old taken from the sampler is the update's log π before any step: the first mini-batch's ratio
     π/π_old is 1 (≤ 1e-4) on every response token, as it would be with a recomputed log π_old."""
@@ -406,29 +366,3 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(ppo_runs, world,
     for mine, theirs in ((trainer.actor, full.actor), (trainer.critic, full.critic)):
         for (name, p), (_, q) in zip(mine.parameters_and_names(), theirs.parameters_and_names()):
             np.testing.assert_allclose(p.asnumpy(), q.asnumpy(), atol=1e-5, err_msg=name)
-
-
-# ------------------------------------------------------------------ 5. config errors
-
-BASE = ["policy=p", "reward_model=r", "data.prompts=x.jsonl"]
-
-
-@pytest.mark.parametrize("overrides, key, hint", [
-    (["rollout.batch_size=12", "ppo.mini_batch_size=8"], "ppo.mini_batch_size", "must divide rollout.batch_size=12"),
-    (["ppo.mini_batch_size=0"], "ppo.mini_batch_size", ">= 1"),
-    (["ppo.policy_loss=clipped"], "ppo.policy_loss", "clip or kl_penalty"),
-    (["ppo.kl_estimator=k4"], "ppo.kl_estimator", "k1"),
-    (["ppo.loss_agg_mode=mean"], "ppo.loss_agg_mode", "token-mean"),
-    (["critic_init=random"], "critic_init", "reward_model or policy"),
-    (["ppo.gold_reward=true"], "ppo.gold_reward", "data.labeler_world"),
-])
-def test_config_errors_name_the_key(overrides, key, hint):
-    with pytest.raises(ConfigError) as err:
-        load_config(PPOConfig, None, BASE + overrides)
-    assert str(err.value).startswith(key) and hint in str(err.value)
-
-
-def test_a_reward_model_cell_needs_the_critic_from_the_policy(world, tmp_path):
-    cfg = ppo_config(world, tmp_path, "critic_init=reward_model")
-    with pytest.raises(ConfigError, match="critic_init"):
-        PPOTrainer(cfg, reward_model=TargetFraction(world[1].vocab_size, N))
