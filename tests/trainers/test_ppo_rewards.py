@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 from mindrlhf.config import ConfigError, load_config
+from mindrlhf.data.builtin.labeler import Labeler
+from mindrlhf.data.builtin.task import ideal_response
+from mindrlhf.data.builtin.world import make_world
 from mindrlhf.trainers.ppo import PPOConfig, PPOTrainer
 
 from .test_ppo import N, TargetFraction, ppo_config, world  # noqa: F401  (world: the module's fixture)
@@ -34,10 +37,6 @@ def test_a_reward_function_of_the_text_replaces_the_reward_models_score(world, t
 
 def test_gold_reward_is_the_hidden_labelers_score(world, tmp_path):
     """ppo.gold_reward=true scores with the built-in task's labeler, read from data.labeler_world."""
-    from mindrlhf.data.builtin.labeler import Labeler
-    from mindrlhf.data.builtin.task import ideal_response
-    from mindrlhf.data.builtin.world import make_world
-
     built = make_world(3)
     built.save(str(tmp_path / "world.json"))
     cfg = ppo_config(world, tmp_path / "run", "ppo.gold_reward=true", f"data.labeler_world={tmp_path / 'world.json'}")
