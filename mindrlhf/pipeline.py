@@ -3,6 +3,11 @@
     data ─► tokenizer ─► SFT ─► rankings (K samples from SFT, ranked by the hidden labeler)
          ─► reward model ─► PPO ─► evaluation report (SFT vs PPO on held-out prompts)
 
+With ``iterate.rounds`` > 1 the comparison data is collected again from the newest policy, as InstructGPT
+did with its deployed policies: each further round ranks K samples of the last PPO policy, trains a new
+reward model on all rankings so far, and continues PPO from that policy, still tied to SFT by the KL
+penalty. Round r >= 2 writes ``round{r}/rankings.jsonl``, ``round{r}/rm`` and ``round{r}/ppo``.
+
 Each stage writes its product under ``out_dir`` and is skipped when that product is already there, so
 a killed pipeline is resumed by running the same command again (a stage killed mid-way resumes from
 its own newest checkpoint). Stage sections are the stages' own configs; paths in them may use
@@ -15,6 +20,7 @@ model to the report as the policy ``base``.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import json
 import multiprocessing
@@ -57,6 +63,19 @@ class RankingsConfig:
 
 
 @dataclasses.dataclass
+class IterateConfig:
+    rounds: int = field(1, "RLHF rounds; each round after the first ranks samples of the last PPO policy, trains a "
+                           "new reward model on all rankings so far and continues PPO from that policy")
+    rm_epochs: float = field(3.0, "reward-model epochs over all rankings so far, in rounds >= 2")
+    ppo_iterations: int = field(0, "PPO iterations of rounds >= 2; 0 = ppo.ppo.iterations")
+
+    def validate(self):
+        require(self.rounds >= 1, "iterate.rounds", f"{self.rounds}: must be >= 1 (1 = the plain recipe)")
+        require(self.rm_epochs > 0, "iterate.rm_epochs", f"{self.rm_epochs}: must be > 0")
+        require(self.ppo_iterations >= 0, "iterate.ppo_iterations", f"{self.ppo_iterations}: must be >= 0")
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     out_dir: str = field("runs/pipeline", "run folder holding every stage's output and the report")
     builtin: BuiltinConfig = field(BuiltinConfig(), "the built-in task")
@@ -71,6 +90,7 @@ class PipelineConfig:
         policy="{out_dir}/sft/model", reward_model="{out_dir}/rm/model", out_dir="{out_dir}/ppo",
         data=PPODataConfig(prompts="{out_dir}/data/prompts.jsonl", labeler_world="{out_dir}/data/world.json"),
         rollout=RolloutConfig(), ppo=PPOAlgoConfig()), "stage 3")
+    iterate: IterateConfig = field(IterateConfig(), "further rounds of rankings → reward model → PPO")
     eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and PPO")
     compare_base: bool = field(False, "also evaluate the untouched sft.model as policy 'base' (pretrained models only)")
     runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed (used by every stage)")
@@ -172,23 +192,39 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         from .trainers.sft import train_sft
 
         timed("sft", lambda: _call(iso, train_sft, cfg.sft, resume=_resume_from(cfg.sft.out_dir)))
-    if not os.path.isfile(cfg.rm.data.train):
+    sft_model = os.path.join(cfg.sft.out_dir, "model")
+
+    def rank(policy_dir: str, out_file: str, seed: int):
         from .trainers.rankings import sample_rankings
 
         r = cfg.rankings
-        timed("rankings", lambda: _call(
-            iso, sample_rankings, os.path.join(cfg.sft.out_dir, "model"), os.path.join(data_dir, "prompts.jsonl"),
-            cfg.rm.data.train, k=r.k, noise=r.noise, seed=cfg.runtime.seed, temperature=r.temperature,
-            max_new_tokens=r.max_new_tokens, batch_prompts=r.batch_prompts, max_prompts=r.max_prompts,
-            runtime_cfg=cfg.runtime))
-    if not _done(os.path.join(cfg.rm.out_dir, "model")):
+        return _call(iso, sample_rankings, policy_dir, os.path.join(data_dir, "prompts.jsonl"), out_file, k=r.k,
+                     noise=r.noise, seed=seed, temperature=r.temperature, max_new_tokens=r.max_new_tokens,
+                     batch_prompts=r.batch_prompts, max_prompts=r.max_prompts, runtime_cfg=cfg.runtime)
+
+    def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:
+        from .trainers.ppo import train_ppo
         from .trainers.reward import train_rm
 
-        timed("rm", lambda: _call(iso, train_rm, cfg.rm, resume=_resume_from(cfg.rm.out_dir)))
-    if not _done(os.path.join(cfg.ppo.out_dir, "model")):
-        from .trainers.ppo import train_ppo
+        if not _done(os.path.join(rm_cfg.out_dir, "model")):
+            timed(f"rm{name}", lambda: _call(iso, train_rm, rm_cfg, resume=_resume_from(rm_cfg.out_dir)))
+        if not _done(os.path.join(ppo_cfg.out_dir, "model")):
+            timed(f"ppo{name}", lambda: _call(iso, train_ppo, ppo_cfg, resume=_resume_from(ppo_cfg.out_dir)))
 
-        timed("ppo", lambda: _call(iso, train_ppo, cfg.ppo, resume=_resume_from(cfg.ppo.out_dir)))
+    if not os.path.isfile(cfg.rm.data.train):
+        timed("rankings", lambda: rank(sft_model, cfg.rm.data.train, cfg.runtime.seed))
+    train("", cfg.rm, cfg.ppo)
+    rounds, rankings_files = [(cfg.rm, cfg.ppo)], [cfg.rm.data.train]
+    for r in range(2, cfg.iterate.rounds + 1):
+        folder = os.path.join(out, f"round{r}")
+        rankings_files.append(os.path.join(folder, "rankings.jsonl"))
+        if not os.path.isfile(rankings_files[-1]):
+            last_policy = os.path.join(rounds[-1][1].out_dir, "model")
+            timed(f"rankings{r}", lambda: rank(last_policy, rankings_files[-1], cfg.runtime.seed + r - 1))
+        rounds.append(_next_round(cfg, rounds[-1][1], folder))
+        _concatenate(rankings_files, rounds[-1][0].data.train)
+        train(str(r), *rounds[-1])
+    rm_dir = os.path.join(rounds[-1][0].out_dir, "model")
 
     def evaluate():
         from .data.encoding import encode_prompts
@@ -197,23 +233,47 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         from .trainers.reward import load_reward_model
 
         runtime.setup(cfg.runtime)
-        sft_model = os.path.join(cfg.sft.out_dir, "model")
         tok = Tokenizer.load(sft_model)
         prompts = encode_prompts(load_prompts(os.path.join(data_dir, "heldout_prompts.jsonl")), tok,
                                  cfg.ppo.data.max_prompt_length, skip_invalid=True)
-        policies = {"sft": sft_model, "ppo": os.path.join(cfg.ppo.out_dir, "model")}
+        policies = {"sft": sft_model, **{f"ppo_round{i}": os.path.join(p.out_dir, "model")
+                                         for i, (_, p) in enumerate(rounds[:-1], 1)},
+                    "ppo": os.path.join(rounds[-1][1].out_dir, "model")}
         if cfg.compare_base:
             policies = {"base": _base_folder(cfg.sft.model, os.path.join(out, "base")), **policies}
         return compare(policies, sft_model,
-                       load_reward_model(os.path.join(cfg.rm.out_dir, "model")), prompts, cfg.eval,
+                       load_reward_model(rm_dir), prompts, cfg.eval,
                        Labeler(load_world(os.path.join(data_dir, "world.json"))), baseline="sft")
 
     summary, answers = timed("eval", evaluate)
     from .report import write_report
 
     summary["stage_seconds"] = times
-    path = write_report(out, summary, answers, cfg.eval.samples_in_report)
+    path = write_report(out, summary, answers, cfg.eval.samples_in_report,
+                        [os.path.relpath(c.out_dir, out) for c in (cfg.sft, *(c for pair in rounds for c in pair))])
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=1)
     print(f"[pipeline] report: {path}")
     return summary
+
+
+def _next_round(cfg: PipelineConfig, last_ppo: PPOConfig, folder: str) -> tuple:
+    """(reward-model config, PPO config) of the round in ``folder``, which follows the PPO run ``last_ppo``."""
+    rm_cfg, ppo_cfg = copy.deepcopy(cfg.rm), copy.deepcopy(cfg.ppo)
+    rm_cfg.out_dir, rm_cfg.data.train = os.path.join(folder, "rm"), os.path.join(folder, "rankings_all.jsonl")
+    rm_cfg.train.epochs, rm_cfg.train.max_steps = cfg.iterate.rm_epochs, 0
+    ppo_cfg.out_dir, ppo_cfg.reward_model = os.path.join(folder, "ppo"), os.path.join(rm_cfg.out_dir, "model")
+    ppo_cfg.policy, ppo_cfg.reference = os.path.join(last_ppo.out_dir, "model"), cfg.ppo.reference or cfg.ppo.policy
+    ppo_cfg.ppo.iterations = cfg.iterate.ppo_iterations or cfg.ppo.ppo.iterations
+    return rm_cfg, ppo_cfg
+
+
+def _concatenate(files: list, out_file: str) -> None:
+    """All rankings so far in one file (the reward model of a round trains on every comparison collected)."""
+    from .trainers.checkpoint import atomic_write_text
+
+    text = ""
+    for path in files:
+        with open(path, encoding="utf-8") as fh:
+            text += fh.read().rstrip("\n") + "\n"
+    atomic_write_text(out_file, text)

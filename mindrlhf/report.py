@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import List, Sequence
 
 import numpy as np
 
@@ -40,14 +41,36 @@ def _bar_plot(summary: dict, answers: list, path: str) -> str:
     return path
 
 
+def _stage_section(out_dir: str, stage: str) -> List[str]:
+    head, name = os.path.split(stage)
+    title = (head.replace("round", "Round ") + ": " if head else "") + name.upper() + " training"
+    ppo_metrics = os.path.join(out_dir, stage, "metrics.jsonl")
+    if os.path.basename(stage) == "ppo" and os.path.isfile(ppo_metrics):
+        png = "report_" + stage.replace("/", "_") + ".png"
+        plot_metrics(ppo_metrics, os.path.join(out_dir, png), PPO_CURVES, "PPO iterations")
+        rows = read_metrics(ppo_metrics)
+        first, last = rows[0], rows[-1]
+        return [f"## {title}", "",
+                f"{len(rows)} logged iterations. Reward-model score of rollouts {first['score']:.3f} → {last['score']:.3f};"
+                f" KL to reference {first['kl']:.3f} → {last['kl']:.3f}."
+                + (f" Labeler score of rollouts {first['labeler_score']:.3f} → {last['labeler_score']:.3f}."
+                   if "labeler_score" in last else ""), "", f"![{stage}]({png})", ""]
+    if os.path.isfile(os.path.join(out_dir, stage, "metrics.png")):
+        return [f"## {title}", "", f"![{stage}]({stage}/metrics.png)", ""]
+    return []
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int) -> str:
+def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
+                 stages: Sequence[str] = ("ppo", "sft", "rm")) -> str:
     """Write ``out_dir/report.md`` (+ PNGs beside it); return its path.
 
-    ``summary[decoding][policy]`` holds the metrics and ``answers[decoding]`` the PolicyAnswers.
+    ``summary[decoding][policy]`` holds the metrics and ``answers[decoding]`` the PolicyAnswers;
+    ``stages`` are the training folders (relative to ``out_dir``) after SFT whose curves are shown: a PPO
+    folder's metrics are plotted afresh, any other folder's ``metrics.png`` is linked.
     """
     lines = ["# mindrlhf pipeline report", ""]
     lines += ["Held-out prompts answered by each policy; the hidden labeler (never seen in training) judges.",
@@ -62,19 +85,8 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int) -> 
         for n in names:
             lines.append(f"| {n} | " + " | ".join(_fmt(summary[decoding][n].get(c)) for c in cols) + " |")
         lines += ["", f"![scores]({png})", ""]
-    ppo_metrics = os.path.join(out_dir, "ppo", "metrics.jsonl")
-    if os.path.isfile(ppo_metrics):
-        plot_metrics(ppo_metrics, os.path.join(out_dir, "report_ppo.png"), PPO_CURVES, "PPO iterations")
-        rows = read_metrics(ppo_metrics)
-        first, last = rows[0], rows[-1]
-        lines += ["## PPO training", "",
-                  f"{len(rows)} logged iterations. Reward-model score of rollouts {first['score']:.3f} → {last['score']:.3f};"
-                  f" KL to reference {first['kl']:.3f} → {last['kl']:.3f}."
-                  + (f" Labeler score of rollouts {first['labeler_score']:.3f} → {last['labeler_score']:.3f}."
-                     if "labeler_score" in last else ""), "", "![ppo](report_ppo.png)", ""]
-    for stage in ("sft", "rm"):
-        if os.path.isfile(os.path.join(out_dir, stage, "metrics.png")):
-            lines += [f"## {stage.upper()} training", "", f"![{stage}]({stage}/metrics.png)", ""]
+    for stage in stages:
+        lines += _stage_section(out_dir, stage)
     if summary.get("stage_seconds"):
         lines += ["## Wall time", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in summary["stage_seconds"].items()]

@@ -134,18 +134,24 @@ def frozen(cell: nn.Cell) -> nn.Cell:
 
 
 def ppo_roles(policy: str, vocab_size: int, reward_model: RewardModel, critic_from: str,
-              actor_lora: LoRAConfig, critic_lora: LoRAConfig) -> tuple[Policy, Policy, Critic]:
+              actor_lora: LoRAConfig, critic_lora: LoRAConfig, reference: str = "") -> tuple[Policy, Policy, Critic]:
     """(actor, reference, critic) for PPO; ``reward_model`` is the frozen, loaded reward model.
 
-    The reference is the policy loaded once and frozen. A LoRA actor is adapters on the reference's own
-    weights (:func:`adapted_copy`), so the reference is the actor's base with its adapters off; a fully
-    trained actor is a second copy. The critic starts from ``critic_from`` (the reward model's folder:
+    The reference is the policy loaded once and frozen, or the model in ``reference`` when that is another
+    folder (an actor that continues from an earlier PPO round stays tied to SFT). A LoRA actor is adapters
+    on the reference's own weights (:func:`adapted_copy`), so the reference is the actor's base with its
+    adapters off; with a separate reference they adapt a copy of the policy. A fully trained actor is a
+    second copy. The critic starts from ``critic_from`` (the reward model's folder:
     its trunk, and a copy of its head, a better start for V than zeros) or, when empty, from the policy
     with a zero head; a LoRA critic adapts the frozen reward model's (or the reference's) weights in place
     of a copy.
     """
-    reference_lm = load_lm(policy, vocab_size)
-    actor_lm = adapted_copy(reference_lm, actor_lora) if actor_lora.enabled else load_lm(policy, vocab_size)
+    separate = bool(reference) and os.path.abspath(reference) != os.path.abspath(policy)
+    reference_lm = load_lm(reference if separate else policy, vocab_size)
+    if actor_lora.enabled:
+        actor_lm = adapted_copy(load_lm(policy, vocab_size) if separate else reference_lm, actor_lora)
+    else:
+        actor_lm = load_lm(policy, vocab_size)
     if critic_lora.enabled:
         trunk = adapted_copy(reward_model.trunk if critic_from else reference_lm, critic_lora)
     else:

@@ -140,7 +140,7 @@ class PPOTrainer:
             self.reward_model, self.rm_stats = frozen(reward_model), {}
         critic_from = cfg.reward_model if cfg.critic_init == "reward_model" else ""
         self.actor, self.reference, self.critic = ppo_roles(cfg.policy, vocab, self.reward_model, critic_from,
-                                                            cfg.actor_lora, cfg.critic_lora)
+                                                            cfg.actor_lora, cfg.critic_lora, cfg.reference)
         self.actor_lm = self.actor.lm
 
     def _name_parameters(self):

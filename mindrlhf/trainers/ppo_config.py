@@ -92,6 +92,8 @@ class PPOAlgoConfig:
 @dataclasses.dataclass
 class PPOConfig:
     policy: str = field("", "SFT output folder: the actor starts here; the reference is a frozen copy of it")
+    reference: str = field("", "reference model folder; empty = the policy. Set it when the actor continues from "
+                               "an earlier PPO policy, so the KL penalty still ties it to SFT")
     reward_model: str = field("", "reward-model folder (a `mindrlhf rm` run's model/)")
     critic_init: str = field("reward_model", "critic trunk and head from reward_model, or trunk from policy with a zero head")
     tokenizer: str = field("", "tokenizer folder; empty = the policy folder's")

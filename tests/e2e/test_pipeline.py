@@ -1,4 +1,5 @@
-"""The whole recipe, shortened, on a world the main job does not use.
+"""The whole recipe, shortened, on a world the main job does not use, with a second round of rankings →
+reward model → PPO from the first round's policy.
 
 PPO must raise the reward model's score of its held-out answers above SFT's (the quantity it optimises)
 while moving a measured distance from the reference. The hidden labeler's verdict is reported in the
@@ -13,6 +14,7 @@ from mindrlhf.trainers.metrics import read_metrics
 
 from mindrlhf.config import load_config
 from mindrlhf.pipeline import PipelineConfig, run_pipeline
+from mindrlhf.trainers.ppo_config import PPOConfig
 
 SHORT = [
     "builtin.seed=1", "builtin.n_train=1200", "builtin.n_prompts=400", "builtin.n_heldout=64",
@@ -21,6 +23,7 @@ SHORT = [
     "rankings.max_prompts=400", "rm.train.epochs=2", "rm.train.progress=false",
     "ppo.ppo.iterations=16", "ppo.rollout.batch_size=32", "ppo.progress=false", "ppo.save_every=8",
     "eval.max_prompts=64", "eval.decodings=[sample]", "eval.batch_size=32",
+    "iterate.rounds=2", "iterate.rm_epochs=1", "iterate.ppo_iterations=8",
 ]
 
 
@@ -44,6 +47,17 @@ def test_short_pipeline_on_a_second_world_improves_on_sft(tmp_path):
         assert (out / stage / "model" / "model.safetensors").is_file()
         assert (out / stage / "metrics.png").is_file()
     assert json.loads((out / "summary.json").read_text())["sample"]["ppo"]["kl_to_ref"] == sample["ppo"]["kl_to_ref"]
+
+    # Round 2: rankings of round 1's policy join the first ones; PPO continues from that policy, tied to SFT.
+    round2 = out / "round2"
+    lines = lambda path: path.read_text().count("\n")  # noqa: E731
+    assert lines(round2 / "rankings_all.jsonl") == lines(out / "data" / "rankings.jsonl") + lines(round2 / "rankings.jsonl")
+    ppo2 = load_config(PPOConfig, str(round2 / "ppo" / "config.yaml"))
+    assert (ppo2.policy, ppo2.reference) == (str(out / "ppo" / "model"), str(out / "sft" / "model"))
+    rows1, rows2 = (read_metrics(str(d / "metrics.jsonl")) for d in (out / "ppo", round2 / "ppo"))
+    assert ppo2.reward_model == str(round2 / "rm" / "model") and len(rows2) == 8
+    assert abs(rows1[0]["kl"]) < 1e-3 < rows2[0]["kl"]  # round 2 starts where round 1 ended, away from SFT
+    assert set(sample) == {"sft", "ppo_round1", "ppo"} and "Round 2: PPO training" in report
 
     # Running the same command again finds every stage done and only re-evaluates.
     again = run_pipeline(load_config(PipelineConfig, None, [f"out_dir={out}", *SHORT]))

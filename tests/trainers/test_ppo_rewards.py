@@ -1,6 +1,8 @@
 """Where PPO's score comes from: a function of the response text (``reward_fn``) or the built-in task's hidden
-labeler (``ppo.gold_reward``) instead of the reward model; and config errors that name their key. (The
-reward-model and Cell-reward paths: test_ppo.py.)"""
+labeler (``ppo.gold_reward``) instead of the reward model; a reference other than the starting policy (a
+later round of iterated RLHF); and config errors that name their key. (The reward-model and Cell-reward
+paths: test_ppo.py.)"""
+import mindspore as ms
 import numpy as np
 import pytest
 
@@ -8,9 +10,11 @@ from mindrlhf.config import ConfigError, load_config
 from mindrlhf.data.builtin.labeler import Labeler
 from mindrlhf.data.builtin.task import ideal_response
 from mindrlhf.data.builtin.world import make_world
+from mindrlhf.nn import CausalLM
+from mindrlhf.nn.lora import merged_weights
 from mindrlhf.trainers.ppo import PPOConfig, PPOTrainer
 
-from .test_ppo import N, TargetFraction, ppo_config, world  # noqa: F401  (world: the module's fixture)
+from .test_ppo import N, TargetFraction, model_config, ppo_config, world  # noqa: F401  (world: the module's fixture)
 
 
 def test_a_reward_function_of_the_text_replaces_the_reward_models_score(world, tmp_path):
@@ -74,3 +78,23 @@ def test_a_reward_model_cell_needs_the_critic_from_the_policy(world, tmp_path):
     cfg = ppo_config(world, tmp_path, "critic_init=reward_model")
     with pytest.raises(ConfigError, match="critic_init"):
         PPOTrainer(cfg, reward_model=TargetFraction(world[1].vocab_size, N))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_an_actor_continuing_from_a_later_policy_stays_tied_to_the_reference_given(world, tmp_path, lora):
+    """Round 2 of iterated RLHF: the actor starts from round 1's policy, the KL is still taken to SFT."""
+    root, tok = world
+    ms.set_seed(1)
+    CausalLM(model_config(tok)).save_pretrained(str(tmp_path / "later"))
+    tok.save(str(tmp_path / "later"))
+    extra = ["actor_lora.enabled=true", "actor_lora.rank=2"] if lora else []
+    trainer = PPOTrainer(ppo_config(world, tmp_path / "run", f"policy={tmp_path / 'later'}",
+                                    f"reference={root / 'policy'}", *extra),
+                         reward_model=TargetFraction(tok.vocab_size, N))
+    sft, later = (dict(CausalLM.from_pretrained(str(d)).named_weights()) for d in (root / "policy", tmp_path / "later"))
+    actor = merged_weights(trainer.actor.lm)  # B = 0 at the start: the adapted actor computes its base
+    assert set(actor) == set(sft) and any(not np.array_equal(sft[n].asnumpy(), later[n].asnumpy()) for n in sft)
+    for name, p in trainer.reference.lm.named_weights():
+        np.testing.assert_array_equal(p.asnumpy(), sft[name].asnumpy(), err_msg=name)
+    for name, value in actor.items():
+        np.testing.assert_array_equal(value, later[name].asnumpy(), err_msg=name)
