@@ -3,10 +3,10 @@
     data ─► tokenizer ─► SFT ─► rankings (K samples from SFT, ranked by the hidden labeler)
          ─► reward model ─► PPO ─► evaluation report (SFT vs PPO on held-out prompts)
 
-With ``iterate.rounds`` > 1 the comparison data is collected again from the newest policy, as InstructGPT
-did with its deployed policies: each further round ranks K samples of the last PPO policy, trains a new
-reward model on all rankings so far, and continues PPO from that policy, still tied to SFT by the KL
-penalty. Round r >= 2 writes ``round{r}/rankings.jsonl``, ``round{r}/rm`` and ``round{r}/ppo``.
+With ``iterate.rounds`` > 1 the comparison data is collected again from the newest policy, as in the
+iterated online RLHF of Bai et al. (2022): each further round ranks K samples of the last PPO policy,
+trains a new reward model on all rankings so far, and continues PPO from that policy, still tied to SFT
+by the KL penalty. Round r >= 2 writes ``round{r}/rankings.jsonl``, ``round{r}/rm`` and ``round{r}/ppo``.
 
 Each stage writes its product under ``out_dir`` and is skipped when that product is already there, so
 a killed pipeline is resumed by running the same command again (a stage killed mid-way resumes from

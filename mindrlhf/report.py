@@ -45,7 +45,7 @@ def _stage_section(out_dir: str, stage: str) -> List[str]:
     head, name = os.path.split(stage)
     title = (head.replace("round", "Round ") + ": " if head else "") + name.upper() + " training"
     ppo_metrics = os.path.join(out_dir, stage, "metrics.jsonl")
-    if os.path.basename(stage) == "ppo" and os.path.isfile(ppo_metrics):
+    if name == "ppo" and os.path.isfile(ppo_metrics):
         png = "report_" + stage.replace("/", "_") + ".png"
         plot_metrics(ppo_metrics, os.path.join(out_dir, png), PPO_CURVES, "PPO iterations")
         rows = read_metrics(ppo_metrics)
@@ -69,8 +69,8 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
     """Write ``out_dir/report.md`` (+ PNGs beside it); return its path.
 
     ``summary[decoding][policy]`` holds the metrics and ``answers[decoding]`` the PolicyAnswers;
-    ``stages`` are the training folders (relative to ``out_dir``) after SFT whose curves are shown: a PPO
-    folder's metrics are plotted afresh, any other folder's ``metrics.png`` is linked.
+    ``stages`` are the training folders (relative to ``out_dir``) whose curves are shown, in order: a
+    PPO folder's metrics are plotted afresh, any other folder's ``metrics.png`` is linked.
     """
     lines = ["# mindrlhf pipeline report", ""]
     lines += ["Held-out prompts answered by each policy; the hidden labeler (never seen in training) judges.",
