@@ -65,6 +65,7 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
                                 "`mindrlhf data builtin` writes")
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
     from ..nn import CausalLM
+    from ..nn.model import atomic_write
 
     tokenizer = Tokenizer.load(policy_dir)
     model = CausalLM.from_pretrained(policy_dir)
@@ -78,8 +79,7 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
     labeler = Labeler(load_world(world_file))
     prompts = [p.text for p in encoded]
     rankings = make_rankings(prompts, responses, labeler, np.random.default_rng([seed, 1]), noise)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    write_jsonl(out, rankings)
+    atomic_write(out, lambda tmp: write_jsonl(tmp, rankings))  # the pipeline takes an existing file as a done stage
     scores = [labeler.score(p, r) for p, rs in zip(prompts, responses) for r in rs]
     return {"prompts": len(prompts), "rankings": len(rankings), "dropped": len(prompts) - len(rankings),
             "skipped_prompts": encoded.skipped, "mean_score": float(np.mean(scores)), "out": out}
