@@ -7,7 +7,10 @@ Every policy answers the same held-out prompts with the same decoding. For each 
 - for the built-in task, the hidden labeler's score (never seen by training: the honest judge),
 
 and a policy's win rate against a baseline is the fraction of prompts where its labeler score is
-higher, ties counting one half.
+higher, ties counting one half. With the labeler at hand the reward model itself is judged too
+(:func:`reward_model_agreement`): on the evaluated answers, how often it orders two answers to the same
+prompt as the noise-free labeler does. Its own held-out accuracy is measured on the noisy rankings it
+was trained from, and on the SFT policy's samples only; this is on the answers PPO produced.
 """
 from __future__ import annotations
 
@@ -119,11 +122,34 @@ def decisive_win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
     return wins / (wins + losses) if wins + losses else float("nan")
 
 
+def reward_model_agreement(group: Sequence[PolicyAnswers]) -> dict:
+    """How well the reward model agrees with the labeler on the answers of ``group`` (same prompts).
+
+    ``pair_accuracy``: over every prompt and every two policies whose answers the labeler scores
+    differently, the fraction the reward model orders the same way (a reward-model tie counts ½);
+    ``pairs``: how many such pairs; ``correlation``: Pearson's r between the two scores over all answers.
+    """
+    rm = np.stack([a.rm_scores for a in group])  # [policies, prompts]
+    lab = np.stack([a.labeler_scores for a in group])
+    hits, pairs = 0.0, 0
+    for i in range(len(group)):
+        for j in range(i + 1, len(group)):
+            differ = lab[i] != lab[j]
+            agree = np.sign(rm[i] - rm[j]) * np.sign(lab[i] - lab[j])
+            hits += float(np.sum(((agree > 0) + 0.5 * (agree == 0))[differ]))
+            pairs += int(differ.sum())
+    flat_rm, flat_lab = rm.ravel(), lab.ravel()
+    spread = flat_rm.std() > 0 and flat_lab.std() > 0
+    return {"pair_accuracy": hits / pairs if pairs else float("nan"), "pairs": pairs,
+            "correlation": float(np.corrcoef(flat_rm, flat_lab)[0, 1]) if spread else float("nan")}
+
+
 def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence, cfg: EvalConfig,
             labeler=None, baseline: str = "") -> tuple[dict, dict]:
     """Answer ``prompts`` with each policy (name → folder) under each decoding.
 
-    Returns (summary[decoding][policy] → metrics, answers[decoding] → list of PolicyAnswers).
+    Returns (summary[decoding][policy] → metrics, answers[decoding] → list of PolicyAnswers); with a
+    labeler, ``summary["reward_model_vs_labeler"][decoding]`` holds :func:`reward_model_agreement`.
     """
     evaluator = Evaluator(reference_dir, reward_model, cfg, labeler)
     prompts = list(prompts)[: cfg.max_prompts or None]
@@ -139,4 +165,6 @@ def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence,
                     row[f"win_rate_vs_{base.name}"] = win_rate(x, y)
                     row[f"decisive_win_rate_vs_{base.name}"] = decisive_win_rate(x, y)
                     row[f"ties_vs_{base.name}"] = float(np.mean(x == y))
+        if labeler is not None:
+            summary.setdefault("reward_model_vs_labeler", {})[decoding] = reward_model_agreement(answers[decoding])
     return summary, answers

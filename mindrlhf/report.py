@@ -84,7 +84,13 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
         lines += [f"## {decoding} decoding", "", "| policy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for n in names:
             lines.append(f"| {n} | " + " | ".join(_fmt(summary[decoding][n].get(c)) for c in cols) + " |")
-        lines += ["", f"![scores]({png})", ""]
+        lines.append("")
+        agreement = summary.get("reward_model_vs_labeler", {}).get(decoding)
+        if agreement:
+            lines += [f"Reward model against the labeler on these answers: it orders {agreement['pair_accuracy']:.1%} of "
+                      f"the {agreement['pairs']} pairs (same prompt, two policies, different labeler scores) as the "
+                      f"labeler does; Pearson r = {agreement['correlation']:.3f} over all answers.", ""]
+        lines += [f"![scores]({png})", ""]
     for stage in stages:
         lines += _stage_section(out_dir, stage)
     if summary.get("stage_seconds"):

@@ -43,6 +43,9 @@ def test_short_pipeline_on_a_second_world_improves_on_sft(tmp_path):
     assert sample["ppo"]["kl_to_ref"] > 0.05  # the policy moved away from the reference, and the report says how far
     report = (out / "report.md").read_text()
     assert "win_rate_vs_sft" in report and "Answers side by side" in report
+    agreement = summary["reward_model_vs_labeler"]["sample"]  # the reward model judged on the answers themselves
+    assert agreement["pairs"] > 0 and 0.0 <= agreement["pair_accuracy"] <= 1.0
+    assert "Reward model against the labeler on these answers" in report
     for stage in ("sft", "rm", "ppo"):
         assert (out / stage / "model" / "model.safetensors").is_file()
         assert (out / stage / "metrics.png").is_file()
