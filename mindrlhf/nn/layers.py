@@ -134,23 +134,26 @@ class Attention(nn.Cell):
         return q, k, v
 
     def attend(self, q, k, v, bias):
-        """softmax(q k^T / sqrt(D) + bias) v, then the output projection; bias [B, 1, T, S] additive."""
-        b, t = q.shape[0], q.shape[2]
-        if self.groups > 1:
-            k = self._repeat_kv(k)
-            v = self._repeat_kv(v)
+        """softmax(q k^T / sqrt(D) + bias) v, then the output projection; bias [B, 1, T, S] additive.
+
+        Grouped-query heads are not given copies of their key/value head: the G query heads that share
+        one are laid side by side as G·T query rows against it ([B, KV, G·T, D] x [B, KV, S, D]), a
+        reshape, where repeating K and V per query head copied the whole cache G-fold at every decode
+        step (SmolLM2, G = 3, batch 32, 192 slots: 0.85 GB written per token)."""
+        b, t, s = q.shape[0], q.shape[2], k.shape[2]
+        kv, g = self.num_kv_heads, self.groups
+        if g > 1:
+            q = q.reshape(b, kv, g * t, self.head_dim)
         if self.cast:
             q, k, v = q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
-        scores = self.bmm_qk(q, k).astype(ms.float32) * self.scale + bias
-        probs = ops.softmax(scores, -1)
-        out = self.bmm_pv(probs.astype(v.dtype), v).astype(ms.float32)
-        out = out.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out)
-
-    def _repeat_kv(self, x):
-        b, kv, s, d = x.shape
-        x = ops.broadcast_to(x.reshape(b, kv, 1, s, d), (b, kv, self.groups, s, d))
-        return x.reshape(b, kv * self.groups, s, d)
+        scores = self.bmm_qk(q, k).astype(ms.float32) * self.scale
+        if g > 1:
+            probs = ops.softmax(scores.reshape(b, kv, g, t, s) + bias.expand_dims(2), -1).reshape(b, kv, g * t, s)
+        else:
+            probs = ops.softmax(scores + bias, -1)
+        out = self.bmm_pv(probs.astype(v.dtype), v).astype(ms.float32)     # [B, KV, G*T, D]: head h = j*G + i
+        out = out.reshape(b, self.num_heads, t, self.head_dim).transpose(0, 2, 1, 3)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Cell):
