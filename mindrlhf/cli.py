@@ -87,7 +87,8 @@ def _data_rankings(args) -> int:
 
     s = sample_rankings(args.policy, args.prompts, args.out, k=args.k, noise=args.noise, seed=args.seed,
                         world_file=args.world, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                        max_prompts=args.max_prompts)
+                        max_prompts=args.max_prompts, batch_prompts=args.batch_prompts,
+                        prompt_bucket=args.prompt_bucket)
     print(f"[data] {s['rankings']} rankings of K={args.k} → {args.out} ({s['dropped']} prompts dropped for fewer "
           f"than 2 distinct responses; labeler's mean score of the samples {s['mean_score']:.3f})")
     return 0
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--temperature", type=float, default=1.0)
     r.add_argument("--max-new-tokens", type=int, default=48)
     r.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts; 0 = all")
+    r.add_argument("--batch-prompts", type=int, default=16, help="prompts per generation batch (each brings K rows)")
+    r.add_argument("--prompt-bucket", type=int, default=16,
+                   help="prompts are left-padded to a multiple of this; each width compiles its own graph")
     r.set_defaults(func=_data_rankings)
     e = data_sub.add_parser("export", help="convert a JSONL file to MindRecord (read back by the same loaders)")
     e.add_argument("--input", required=True)

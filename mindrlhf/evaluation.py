@@ -36,6 +36,8 @@ class EvalConfig:
     decodings: List[str] = field(["greedy", "sample"], "greedy and/or sample (temperature sampling, as in rollouts)")
     temperature: float = field(1.0, "sampling temperature of the 'sample' decoding")
     batch_size: int = field(40, "prompts per generation batch")
+    prompt_bucket: int = field(16, "prompts are left-padded to a multiple of this; each width compiles its own "
+                                   "generation graph, which keeps its memory")
     samples_in_report: int = field(8, "answers shown side by side in the report")
 
     def validate(self):
@@ -79,7 +81,7 @@ class Evaluator:
         self.cfg, self.reward_model, self.labeler = cfg, reward_model, labeler
         self.tokenizer = Tokenizer.load(reference_dir)
         self.lm = CausalLM.from_pretrained(reference_dir)
-        self.generator = Generator(self.lm)
+        self.generator = Generator(self.lm, prompt_bucket=cfg.prompt_bucket)
         self.own = _SequenceLogprob(Policy(self.lm), cfg.max_new_tokens)
         self.ref = _SequenceLogprob(Policy(CausalLM.from_pretrained(reference_dir)), cfg.max_new_tokens)
 

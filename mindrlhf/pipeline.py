@@ -60,6 +60,8 @@ class RankingsConfig:
     temperature: float = field(1.0, "sampling temperature of the K responses")
     max_new_tokens: int = field(48, "response length limit")
     batch_prompts: int = field(16, "prompts per generation batch (each brings k rows)")
+    prompt_bucket: int = field(16, "prompts are left-padded to a multiple of this; each width compiles "
+                                   "its own generation graph, which keeps its memory")
 
 
 @dataclasses.dataclass
@@ -200,7 +202,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         r = cfg.rankings
         return _call(iso, sample_rankings, policy_dir, os.path.join(data_dir, "prompts.jsonl"), out_file, k=r.k,
                      noise=r.noise, seed=seed, temperature=r.temperature, max_new_tokens=r.max_new_tokens,
-                     batch_prompts=r.batch_prompts, max_prompts=r.max_prompts, runtime_cfg=cfg.runtime)
+                     batch_prompts=r.batch_prompts, max_prompts=r.max_prompts, prompt_bucket=r.prompt_bucket,
+                     runtime_cfg=cfg.runtime)
 
     def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:
         from .trainers.ppo import train_ppo

@@ -24,15 +24,16 @@ from ..runtime import RuntimeConfig
 
 
 def sample_responses(model, tokenizer, prompt_ids, k: int, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, batch_prompts: int = 16, seed: int = 0) -> list:
+                     top_p: float = 1.0, batch_prompts: int = 16, seed: int = 0, prompt_bucket: int = 16) -> list:
     """K sampled responses (decoded text, special tokens dropped) for each prompt in ``prompt_ids``.
 
     Returns a list over prompts of K strings. Generation batches hold ``batch_prompts`` prompts × K rows;
-    batch ``b`` draws with seed ``seed + b``, so the whole set is reproducible from ``seed``.
+    batch ``b`` draws with seed ``seed + b``, so the whole set is reproducible from ``seed``. Prompts are
+    left-padded to a multiple of ``prompt_bucket``: each width compiles its own graph and keeps its memory.
     """
     from ..nn.generate import GenerationConfig, Generator
 
-    generator = Generator(model)
+    generator = Generator(model, prompt_bucket=prompt_bucket)
     out = []
     for b, start in enumerate(range(0, len(prompt_ids), batch_prompts)):
         chunk = prompt_ids[start : start + batch_prompts]
@@ -48,7 +49,7 @@ def sample_responses(model, tokenizer, prompt_ids, k: int, max_new_tokens: int, 
 
 def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, noise: float = 0.5, seed: int = 0,
                     world_file: str = "", temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-                    batch_prompts: int = 16, max_prompts: int = 0,
+                    batch_prompts: int = 16, max_prompts: int = 0, prompt_bucket: int = 16,
                     runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
     """Sample ``k`` responses per prompt from the policy in ``policy_dir`` (an SFT output folder), rank
     them with the built-in labeler of ``world_file`` (default: ``world.json`` beside the prompts), and
@@ -75,7 +76,7 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
         records = records[:max_prompts]
     encoded = encode_prompts(records, tokenizer, limit)
     responses = sample_responses(model, tokenizer, [p.input_ids for p in encoded], k, max_new_tokens,
-                                 temperature, top_p, batch_prompts, seed)
+                                 temperature, top_p, batch_prompts, seed, prompt_bucket)
     labeler = Labeler(load_world(world_file))
     prompts = [p.text for p in encoded]
     rankings = make_rankings(prompts, responses, labeler, np.random.default_rng([seed, 1]), noise)

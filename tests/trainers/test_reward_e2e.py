@@ -118,3 +118,6 @@ def test_data_rankings_samples_k_responses_and_ranks_them_with_the_labeler(task,
         assert scores == sorted(scores, reverse=True)
     assert main(args) == 0  # same seed, same file
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
+    # one prompt width for every batch (one compiled graph), smaller batches: the same prompts, ranked
+    assert main(args + ["--prompt-bucket", "64", "--batch-prompts", "4"]) == 0
+    assert [r.prompt for r in load_rankings(str(out))] == [r.prompt for r in rankings]
