@@ -9,8 +9,8 @@ Every policy answers the same held-out prompts with the same decoding. For each 
 and a policy's win rate against a baseline is the fraction of prompts where its labeler score is
 higher, ties counting one half. With the labeler at hand the reward model itself is judged too
 (:func:`reward_model_agreement`): on the evaluated answers, how often it orders two answers to the same
-prompt as the noise-free labeler does. Its own held-out accuracy is measured on the noisy rankings it
-was trained from, and on the SFT policy's samples only; this is on the answers PPO produced.
+prompt as the noise-free labeler does. The trainer's held-out accuracy is on noisy rankings of the
+policies that made its training data; this is on the answers of the policies being compared.
 """
 from __future__ import annotations
 
