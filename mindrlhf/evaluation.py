@@ -29,6 +29,10 @@ from .roles import Policy
 from .trainers.experience import assemble
 
 
+PROMPT_BUCKET_HELP = ("prompts are left-padded to a multiple of this; each width compiles its own generation graph, "
+                      "which keeps its memory")
+
+
 @dataclasses.dataclass
 class EvalConfig:
     max_prompts: int = field(200, "held-out prompts evaluated (0 = all)")
@@ -36,8 +40,7 @@ class EvalConfig:
     decodings: List[str] = field(["greedy", "sample"], "greedy and/or sample (temperature sampling, as in rollouts)")
     temperature: float = field(1.0, "sampling temperature of the 'sample' decoding")
     batch_size: int = field(40, "prompts per generation batch")
-    prompt_bucket: int = field(16, "prompts are left-padded to a multiple of this; each width compiles its own "
-                                   "generation graph, which keeps its memory")
+    prompt_bucket: int = field(16, PROMPT_BUCKET_HELP)
     samples_in_report: int = field(8, "answers shown side by side in the report")
 
     def validate(self):

@@ -30,7 +30,7 @@ from typing import Optional
 
 from . import runtime
 from .config import field, require, save_config
-from .evaluation import EvalConfig, compare
+from .evaluation import PROMPT_BUCKET_HELP, EvalConfig, compare
 from .runtime import RuntimeConfig
 from .trainers.ppo_config import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
 from .trainers.reward import RMConfig, RMDataConfig
@@ -60,8 +60,7 @@ class RankingsConfig:
     temperature: float = field(1.0, "sampling temperature of the K responses")
     max_new_tokens: int = field(48, "response length limit")
     batch_prompts: int = field(16, "prompts per generation batch (each brings k rows)")
-    prompt_bucket: int = field(16, "prompts are left-padded to a multiple of this; each width compiles "
-                                   "its own generation graph, which keeps its memory")
+    prompt_bucket: int = field(16, PROMPT_BUCKET_HELP)
 
 
 @dataclasses.dataclass
