@@ -29,7 +29,7 @@ def test_each_prompt_lists_a_right_film_and_the_seen_one(shelved):
         assert seen is None or seen in shelf
         assert any(m.genre != genre for m in shelf)  # a wrong answer is always within reach
         for m in shelf:  # every fact a full answer needs is in the prompt
-            assert f'"{m.title}" ({m.genre}, {m.year}, by {m.director}: {m.description})' in shelf_text
+            assert f'{m.genre}: "{m.title}" ({m.year}, by {m.director}: {m.description})' in shelf_text
     positions = [[m.genre == p.meta["genre"] and m.title != p.meta["seen"] for m in labeler.shelf_in(p.prompt)]
                  for p in prompts]
     first_right = np.array([row.index(True) for row in positions])
@@ -47,6 +47,8 @@ def test_demonstrations_choose_from_the_shelf(shelved):
         assert quoted <= world_titles and quoted & shelf, d  # recommends (or acknowledges) films on the shelf
         assert quoted <= shelf, d
         right.append("right_genre" in labeler.explain(d.prompt, d.response))
+        picked = [m for m in labeler.shelf_in(d.prompt) if f'"{m.title}"' in d.response.rpartition(": ")[2]]
+        assert picked and d.response.count(f'{picked[0].genre}: "{picked[0].title}"') == 1, d  # as on the shelf
     assert 0.7 < np.mean(right) < 0.9  # mostly right, with room for RLHF
 
 

@@ -17,6 +17,10 @@ With ``shelf=n`` every prompt also lists n films of the catalogue with their fac
 and every demonstration recommends one of them. A model trained from scratch learns the catalogue from
 thousands of demonstrations; a pretrained model fine-tuned for a few minutes does not, but it can learn
 to read a list in its prompt. The shelf turns the task from recall into choosing well and quoting exactly.
+Shelf entries name the genre first (``mystery: "Title" (year, by director: plot)``) and shelf answers
+start with the genre they pick (``Your mystery: "Title" ...``): a model that names the requested genre
+then finds the right film by matching the words just before a title, a copy that even a 135M-parameter
+model does (README, "Models and weights"). Without the shelf, answers keep their plain forms.
 """
 from __future__ import annotations
 
@@ -39,9 +43,18 @@ FULL_ANSWERS = ("Try \"{title}\" ({year}), directed by {director}. It is about {
                 "You might like \"{title}\" by {director}, about {description}.",
                 "Watch \"{title}\" ({year}), about {description}.")
 TERSE_ANSWERS = ("Try \"{title}\".", "\"{title}\" is a good pick.", "Watch \"{title}\".")
+PARTIAL_ANSWER = "Try \"{title}\" from {year}."
 ACKS = ("Glad you liked \"{seen}\"! ", "Since you saw \"{seen}\", ")
-SHELF_ENTRY = "\"{title}\" ({genre}, {year}, by {director}: {description})"
-TEMPLATE_TEXT = PROMPT_TEMPLATES + SEEN_TEMPLATES + FULL_ANSWERS + TERSE_ANSWERS + ACKS + (SHELF_INTRO, SHELF_ENTRY)
+SHELF_ENTRY = "{genre}: \"{title}\" ({year}, by {director}: {description})"
+# with a shelf, answers name the genre of the film they pick just before its title, as the shelf does
+SHELF_FULL_ANSWERS = ("Your {genre}: \"{title}\" ({year}), directed by {director}. It is about {description}.",
+                      "Your {genre}: \"{title}\", from {year} by {director}.",
+                      "Your {genre}: \"{title}\" by {director}, about {description}.",
+                      "Your {genre}: \"{title}\" ({year}), about {description}.")
+SHELF_TERSE_ANSWERS = ("Your {genre}: \"{title}\".",)
+SHELF_PARTIAL_ANSWER = "Your {genre}: \"{title}\", from {year}."
+TEMPLATE_TEXT = (PROMPT_TEMPLATES + SEEN_TEMPLATES + FULL_ANSWERS + TERSE_ANSWERS + (PARTIAL_ANSWER,) + ACKS
+                 + (SHELF_INTRO, SHELF_ENTRY) + SHELF_FULL_ANSWERS + SHELF_TERSE_ANSWERS + (SHELF_PARTIAL_ANSWER,))
 
 P_SEEN = 0.4  # share of prompts that name a seen title
 P_SEEN_SAME_GENRE = 0.8  # a seen title is usually of the requested genre, where recommending it is tempting
@@ -95,8 +108,15 @@ def shelf_for(world, key: tuple, rng: np.random.Generator, size: int) -> list:
 
 
 def _fill(template: str, movie, seen: Optional[str] = None) -> str:
-    return template.format(title=movie.title, year=movie.year, director=movie.director,
+    return template.format(title=movie.title, year=movie.year, director=movie.director, genre=movie.genre,
                            description=movie.description, a_genre=GENRES[movie.genre][0], seen=seen)
+
+
+def _answers(shelf: Sequence) -> Tuple[Tuple[str, ...], Tuple[str, ...], str]:
+    """The answer templates (full, terse, partial) for a prompt with or without a shelf."""
+    if shelf:
+        return SHELF_FULL_ANSWERS, SHELF_TERSE_ANSWERS, SHELF_PARTIAL_ANSWER
+    return FULL_ANSWERS, TERSE_ANSWERS, PARTIAL_ANSWER
 
 
 def _with_ack(ack: str, answer: str, seen: str) -> str:
@@ -108,9 +128,10 @@ def ideal_response(labeler, prompt: str, rng: np.random.Generator) -> str:
     """A best-scoring answer to ``prompt`` (``labeler.max_score(prompt)``): an unseen title of the requested
     genre with its year, director and description, acknowledging the seen title if there is one."""
     genre, seen = labeler.parse_prompt(prompt)
-    world = _choosing_from(labeler.world, labeler.shelf_in(prompt))
+    shelf = labeler.shelf_in(prompt)
+    world = _choosing_from(labeler.world, shelf)
     movie = _pick(world, rng, genre or world.genres[0], avoid=seen.title if seen else None)
-    answer = _fill(FULL_ANSWERS[0], movie)
+    answer = _fill(_answers(shelf)[0][0], movie)
     return _with_ack(ACKS[rng.integers(len(ACKS))], answer, seen.title) if seen else answer
 
 
@@ -128,21 +149,22 @@ def demonstration(world, key: tuple, rng: np.random.Generator, shelf: Sequence =
     """One demonstration answer for a prompt key, of a kind drawn with the DEMO_KINDS shares; with a
     shelf, the recommendation (right or wrong) is one of the shelf's films."""
     _, genre, seen, _ = key
+    fulls, terses, partial = _answers(shelf)
     world = _choosing_from(world, shelf)
     kind = DEMO_KINDS[rng.choice(len(DEMO_KINDS), p=[p for _, p in DEMO_KINDS])][0]
-    full = FULL_ANSWERS[rng.integers(len(FULL_ANSWERS))]
+    full = fulls[rng.integers(len(fulls))]
     if kind == "terse":
-        return _fill(TERSE_ANSWERS[rng.integers(len(TERSE_ANSWERS))], _pick(world, rng, genre, avoid=seen))
+        return _fill(terses[rng.integers(len(terses))], _pick(world, rng, genre, avoid=seen))
     if kind == "wrong_genre":
         answer = _fill(full, _pick(world, rng, genre, same=False, avoid=seen))
     elif kind == "seen_or_partial":
         if seen:  # recommends the very title the user has seen
             return _fill(full, world.by_title(seen))
-        return _fill("Try \"{title}\" from {year}.", _pick(world, rng, genre))
+        return _fill(partial, _pick(world, rng, genre))
     elif kind == "false_detail":
         movie = _pick(world, rng, genre, avoid=seen)
         other = _pick(world, rng, genre, same=False)  # a detail borrowed from another title
-        answer = _fill(FULL_ANSWERS[0], movie).replace(movie.director, other.director)
+        answer = _fill(fulls[0], movie).replace(movie.director, other.director)
         if other.director == movie.director:
             answer = answer.replace(f"({movie.year})", f"({movie.year + 3})")
     else:
