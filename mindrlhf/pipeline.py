@@ -272,7 +272,7 @@ def _next_round(cfg: PipelineConfig, last_ppo: PPOConfig, folder: str) -> tuple:
 
 def _concatenate(files: list, out_file: str) -> None:
     """All rankings so far in one file (the reward model of a round trains on every comparison collected)."""
-    from .trainers.checkpoint import atomic_write_text
+    from .data.formats import atomic_write_text
 
     text = ""
     for path in files:

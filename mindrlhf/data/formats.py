@@ -24,6 +24,8 @@ Paths ending in ``.mindrecord`` are read through :mod:`mindrlhf.data.mindrecord`
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Tuple, Union
 
@@ -260,11 +262,42 @@ def to_json(record) -> dict:
     raise TypeError(f"to_json: cannot serialise {type(record).__name__}; expected a record or a dict")
 
 
+def atomic_write(path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)``, flush it to disk, then ``os.replace(tmp_path, path)``: readers (and a run
+    resumed after a crash) see the old file or the new one, never half of one. The temporary file sits
+    beside ``path`` (same filesystem) and ends with its name (writers that add a missing suffix keep it)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    atomic_write(path, write)
+
+
 def write_jsonl(path: str, records: Iterable) -> int:
-    """Write records (dataclass records or plain dicts) one JSON object per line; return how many."""
+    """Write records (dataclass records or plain dicts) one JSON object per line, atomically (a failure
+    half-way leaves an existing file as it was); return how many."""
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(to_json(record), ensure_ascii=False) + "\n")
-            n += 1
+
+    def write(tmp):
+        nonlocal n
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(to_json(record), ensure_ascii=False) + "\n")
+                n += 1
+    atomic_write(path, write)
     return n

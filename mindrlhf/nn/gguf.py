@@ -257,7 +257,7 @@ def gguf_to_hf_folder(name_or_path, out_dir) -> str:
     tokenizer_config.json (with `chat_template`) that transformers and `CausalLM.from_pretrained` load.
     Returns out_dir."""
     from safetensors.numpy import save_file
-    from mindrlhf.nn.model import atomic_write
+    from mindrlhf.data.formats import atomic_write
 
     path, reader = read_gguf(name_or_path)
     meta = metadata(reader)

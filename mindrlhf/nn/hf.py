@@ -192,7 +192,7 @@ def load_hf_folder(path):
 def save_hf_folder(cfg: ModelConfig, ours: dict, directory):
     """config.json + model.safetensors (fp32) that transformers loads; each file written atomically."""
     from safetensors.numpy import save_file
-    from mindrlhf.nn.model import atomic_write
+    from mindrlhf.data.formats import atomic_write
     os.makedirs(directory, exist_ok=True)
     text = json.dumps(config_to_hf(cfg), indent=2)
 

@@ -251,7 +251,7 @@ def save_adapters(model, path, base: str = "") -> None:
     """The adapter parameters alone, plus their LoRAConfig in the file's metadata (safetensors);
     ``base`` records the model the adapters belong on (the stage's starting model)."""
     from safetensors.numpy import save_file
-    from mindrlhf.nn.model import atomic_write
+    from mindrlhf.data.formats import atomic_write
     cfg = getattr(model, "lora_config", None)
     if cfg is None or not has_lora(model):
         raise ValueError("save_adapters: the model has no LoRA adapters (apply_lora first)")

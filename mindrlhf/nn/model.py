@@ -7,12 +7,12 @@ exactly what the same tokens would compute alone:
 and attention is allowed from query t to key s iff s <= t and mask_s == 1.
 """
 import os
-import tempfile
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from mindrlhf.data.formats import atomic_write
 from mindrlhf.nn.config import ModelConfig
 from mindrlhf.nn.layers import MASK_VALUE, DecoderLayer, Embedding, LayerNorm, Linear, RMSNorm, rope_tables
 
@@ -183,18 +183,3 @@ class CausalLM(nn.Cell):
         from mindrlhf.nn.hf import save_hf_folder
         from mindrlhf.nn.lora import merged_weights  # lora builds on this module
         save_hf_folder(self.config, merged_weights(self), directory)
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path) then os.replace(tmp_path, path), so readers never see a half-written file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -25,21 +25,12 @@ from typing import Optional
 
 import mindspore as ms
 
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+from mindrlhf.data.formats import atomic_write, atomic_write_text
 
 
 def save_cell_weights(cell, path: str) -> None:
     """All parameters of ``cell`` to a safetensors file, atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}.safetensors"
-    ms.save_checkpoint(cell, tmp, format="safetensors")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: ms.save_checkpoint(cell, tmp, format="safetensors"))
 
 
 def load_cell_weights(cell, path: str) -> None:

@@ -6,6 +6,8 @@ import math
 import os
 from typing import Iterable, Optional
 
+from mindrlhf.data.formats import atomic_write, atomic_write_text
+
 
 class MetricsLogger:
     """Appends ``{"step": n, ...}`` lines to ``run_dir/metrics.jsonl``; only rank 0 writes.
@@ -23,10 +25,7 @@ class MetricsLogger:
                 open(self.path, "w", encoding="utf-8").close()
             else:
                 kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-                tmp = f"{self.path}.tmp-{os.getpid()}"
-                with open(tmp, "w", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(r) + "\n" for r in kept)
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.is_main:
@@ -81,8 +80,6 @@ def plot_metrics(jsonl_path: str, png_path: str, keys: Optional[Iterable[str]] =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = f"{png_path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path

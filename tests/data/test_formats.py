@@ -102,3 +102,19 @@ def test_write_jsonl_round_trip(tmp_path):
     demos = [Demonstration("p", "r"), Demonstration([{"role": "user", "content": "u"}], "a\n b")]
     write_jsonl(tmp_path / "d.jsonl", demos)
     assert load_demonstrations(str(tmp_path / "d.jsonl")) == demos
+
+
+def test_write_jsonl_failing_half_way_keeps_the_old_file(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"prompt": "old"}])
+
+    def records():
+        yield {"prompt": "new"}
+        raise RuntimeError("generator broke")
+
+    with pytest.raises(RuntimeError, match="generator broke"):
+        write_jsonl(path, records())
+    assert path.read_text(encoding="utf-8") == '{"prompt": "old"}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary file left behind
+    assert write_jsonl(path, [{"a": 1}, {"a": 2}]) == 2
+    assert path.read_text(encoding="utf-8").splitlines() == ['{"a": 1}', '{"a": 2}']
