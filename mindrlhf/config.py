@@ -19,6 +19,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from mindrlhf.data.formats import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says where and what would be right."""
@@ -286,10 +288,7 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg, path: str) -> None:
     """Write the resolved config as YAML, atomically, so a run folder can be reproduced alone."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def describe(cls, prefix: str = "") -> list[str]:
