@@ -30,6 +30,7 @@ from typing import Optional
 
 from . import runtime
 from .config import field, require, save_config
+from .data.formats import atomic_write_text
 from .evaluation import PROMPT_BUCKET_HELP, EvalConfig, compare
 from .runtime import RuntimeConfig
 from .trainers.ppo_config import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
@@ -253,8 +254,7 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     summary["stage_seconds"] = times
     path = write_report(out, summary, answers, cfg.eval.samples_in_report,
                         [os.path.relpath(c.out_dir, out) for c in (cfg.sft, *(c for pair in rounds for c in pair))])
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=1)
+    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
     print(f"[pipeline] report: {path}")
     return summary
 
@@ -272,8 +272,6 @@ def _next_round(cfg: PipelineConfig, last_ppo: PPOConfig, folder: str) -> tuple:
 
 def _concatenate(files: list, out_file: str) -> None:
     """All rankings so far in one file (the reward model of a round trains on every comparison collected)."""
-    from .data.formats import atomic_write_text
-
     text = ""
     for path in files:
         with open(path, encoding="utf-8") as fh:

@@ -60,6 +60,21 @@ def _stage_section(out_dir: str, stage: str) -> List[str]:
     return []
 
 
+def _head_to_head_lines(rows: dict) -> List[str]:
+    """One sentence per policy compared with the baseline: its record, win rate and score gain, each
+    with its 95% bootstrap interval over the prompts."""
+    lines = []
+    for name, row in rows.items():
+        for key in [k for k in row if k.startswith("wins_losses_ties_vs_")]:
+            base = key[len("wins_losses_ties_vs_"):]
+            (wins, losses, ties), (lo, hi) = row[key], row[f"win_rate_interval_vs_{base}"]
+            gain, (glo, ghi) = row[f"labeler_gain_vs_{base}"], row[f"labeler_gain_interval_vs_{base}"]
+            lines.append(f"{name} against {base}: {wins} wins, {losses} losses, {ties} ties; win rate "
+                         f"{row[f'win_rate_vs_{base}']:.3f} (95% bootstrap interval {lo:.3f} to {hi:.3f}); "
+                         f"labeler score {gain:+.3f} per prompt ({glo:+.3f} to {ghi:+.3f}).")
+    return lines + [""] if lines else []
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -80,11 +95,12 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
         names = [a.name for a in group]
         png = f"report_scores_{decoding}.png"
         _bar_plot(summary[decoding], group, os.path.join(out_dir, png))
-        cols = sorted({k for n in names for k in summary[decoding][n]})
+        cols = sorted({k for n in names for k, v in summary[decoding][n].items() if isinstance(v, float)})
         lines += [f"## {decoding} decoding", "", "| policy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for n in names:
             lines.append(f"| {n} | " + " | ".join(_fmt(summary[decoding][n].get(c)) for c in cols) + " |")
         lines.append("")
+        lines += _head_to_head_lines(summary[decoding])
         agreement = summary.get("reward_model_vs_labeler", {}).get(decoding)
         if agreement:
             lines += [f"Reward model against the labeler on these answers: it orders {agreement['pair_accuracy']:.1%} of "

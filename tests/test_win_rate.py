@@ -3,7 +3,11 @@ import math
 
 import numpy as np
 
-from mindrlhf.evaluation import PolicyAnswers, decisive_win_rate, reward_model_agreement, win_rate
+from scipy import stats
+
+from mindrlhf.evaluation import (PolicyAnswers, bootstrap_interval, decisive_win_rate, head_to_head,
+                                 reward_model_agreement, win_rate)
+from mindrlhf.report import _head_to_head_lines
 
 
 def test_win_rate_counts_ties_half_and_decisive_rate_leaves_them_out():
@@ -19,6 +23,39 @@ def test_all_ties():
     same = np.array([1.0, 2.0])
     assert win_rate(same, same) == 0.5
     assert math.isnan(decisive_win_rate(same, same))
+
+
+def test_head_to_head_record_gain_and_intervals():
+    ppo = np.array([3.5, 3.5, 2.0, 1.0, 3.0])
+    sft = np.array([3.5, 1.0, 2.5, 1.0, 2.0])  # tie, win (+2.5), loss (-0.5), tie, win (+1)
+    out = head_to_head(ppo, sft)
+    assert out["wins_losses_ties"] == [2, 1, 2]
+    assert math.isclose(out["labeler_gain"], (2.5 - 0.5 + 1.0) / 5)
+    assert out["win_rate"] == win_rate(ppo, sft) and out["ties"] == 2 / 5
+    # a bootstrap mean of per-prompt values lies between their min and max, around the point estimate
+    lo, hi = out["win_rate_interval"]
+    assert 0.0 <= lo < out["win_rate"] < hi <= 1.0
+    lo, hi = out["labeler_gain_interval"]
+    assert -0.5 <= lo < out["labeler_gain"] < hi <= 2.5
+    line, blank = _head_to_head_lines({"sft": {}, "ppo": {f"{k}_vs_sft": v for k, v in out.items()}})
+    assert line.startswith("ppo against sft: 2 wins, 1 losses, 2 ties; win rate 0.600") and blank == ""
+
+
+def test_bootstrap_interval_of_constant_values_is_that_value():
+    lo, hi = bootstrap_interval(np.full(12, 0.7))
+    assert math.isclose(lo, 0.7) and math.isclose(hi, 0.7)
+
+
+def test_bootstrap_interval_matches_scipy_and_the_normal_approximation():
+    values = np.random.default_rng(3).normal(0.4, 1.0, size=60)
+    lo, hi = bootstrap_interval(values)
+    ref = stats.bootstrap((values,), np.mean, n_resamples=20000, method="percentile", random_state=1).confidence_interval
+    assert abs(lo - ref.low) < 0.02 and abs(hi - ref.high) < 0.02  # Monte Carlo error of each is ~0.006
+    many = np.random.default_rng(4).normal(0.0, 2.0, size=2000)
+    half = 1.96 * many.std() / math.sqrt(len(many))
+    lo, hi = bootstrap_interval(many)
+    assert abs(lo - (many.mean() - half)) < 0.1 * half and abs(hi - (many.mean() + half)) < 0.1 * half
+    assert bootstrap_interval(values, seed=5) == bootstrap_interval(values, seed=5)
 
 
 def _answers(name, rm, labeler):
