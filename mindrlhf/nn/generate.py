@@ -137,7 +137,8 @@ class DecodeLoop(nn.Cell):
         logits = self.model.prefill(prompt_ids, mask, self.cache.keys, self.cache.values)
         key_mask = ops.concat((mask, ops.zeros((b, self.n), ms.int32)), 1)   # [B, S]
         position = mask.sum(1).astype(ms.int32)                               # next position per row
-        slots = ops.arange(0, s, 1, dtype=ms.int32).expand_dims(0)
+        slots = ops.broadcast_to(ops.arange(0, s, 1, dtype=ms.int32).expand_dims(0), (b, s))
+        opened = ops.ones((b, s), ms.int32)
         done = ops.zeros((b,), ms.bool_)
         tokens = ops.fill(ms.int32, (b, self.n), self.pad)  # already right for steps skipped after all rows end
         masks = ops.zeros((b, self.n), ms.int32)
@@ -147,7 +148,8 @@ class DecodeLoop(nn.Cell):
         step = Tensor(1, ms.int32)
         while ops.logical_and(step < self.n, ops.logical_not(done.all())):
             slot = p + step - 1                        # the cache slot of the token just chosen
-            key_mask = ops.maximum(key_mask, (slots == slot).astype(ms.int32))
+            # select, not maximum: MindSpore's CPU Maximum on int32 took 0.25 ms per step here ([32, 192])
+            key_mask = ops.select(slots == slot, opened, key_mask)
             logits = self.model.decode_step(token, position, key_mask, slot, self.cache.keys, self.cache.values)
             position = position + 1
             u = ops.gather(uniforms, step, 0)
