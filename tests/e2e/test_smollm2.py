@@ -50,10 +50,12 @@ def test_lora_ppo_on_smollm2_moves_the_policy_with_finite_losses(tmp_path):
     (row,) = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     for key in ("pg_loss", "vf_loss", "approx_kl", "entropy", "kl", "score"):
         assert np.isfinite(row[key]), (key, row[key])
-    assert abs(row["kl"]) < 1e-5  # the first rollout: actor = base (B = 0) = reference
+    # The first rollout: actor = base (B = 0) = reference, so the KL is fp32 rounding between the cached decode
+    # and the full forward through 30 layers: -1.2e-5 on one 2-core CPU, under 1e-5 on another.
+    assert abs(row["kl"]) < 1e-4
     exp, stats = trainer.make_experience(trainer.prompts, seed=1)  # after one update
     valid = exp.response_mask > 0
     assert np.isfinite(exp.old_logprobs[valid]).all() and np.isfinite(exp.values[valid]).all()
     assert np.abs(exp.old_logprobs - exp.ref_logprobs)[valid].max() > 1e-3  # the actor left its reference
-    assert abs(stats["kl"]) > 1e-5, stats["kl"]
+    assert abs(stats["kl"]) > 1e-2, stats["kl"]  # 3.7 measured: far above the rounding of the first rollout
     assert (tmp_path / "run" / "model" / "lora_adapters.safetensors").is_file()
