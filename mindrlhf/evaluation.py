@@ -115,9 +115,14 @@ class Evaluator:
                              np.concatenate(kl), labels)
 
 
+def _prompt_wins(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """Per prompt: 1 where the candidate scores higher, ½ on a tie, 0 where it scores lower."""
+    return (candidate > baseline) + 0.5 * (candidate == baseline)
+
+
 def win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
     """P(candidate beats baseline) per prompt, ties counting ½."""
-    return float(np.mean((candidate > baseline) + 0.5 * (candidate == baseline)))
+    return float(np.mean(_prompt_wins(candidate, baseline)))
 
 
 def decisive_win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
@@ -148,7 +153,7 @@ def head_to_head(candidate: np.ndarray, baseline: np.ndarray) -> dict:
     wins, losses = int(np.sum(x > y)), int(np.sum(x < y))
     return {"win_rate": win_rate(x, y), "decisive_win_rate": decisive_win_rate(x, y), "ties": float(np.mean(x == y)),
             "wins_losses_ties": [wins, losses, len(x) - wins - losses],
-            "win_rate_interval": list(bootstrap_interval((x > y) + 0.5 * (x == y))),
+            "win_rate_interval": list(bootstrap_interval(_prompt_wins(x, y))),
             "labeler_gain": float(np.mean(x - y)), "labeler_gain_interval": list(bootstrap_interval(x - y))}
 
 

@@ -148,7 +148,7 @@ class DecodeLoop(nn.Cell):
         step = Tensor(1, ms.int32)
         while ops.logical_and(step < self.n, ops.logical_not(done.all())):
             slot = p + step - 1                        # the cache slot of the token just chosen
-            # select, not maximum: MindSpore's CPU Maximum on int32 took 0.25 ms per step here ([32, 192])
+            # select, not maximum: MindSpore's CPU Maximum on int32 [32, 192] cost 0.28 ms per step, a select 0.04 ms
             key_mask = ops.select(slots == slot, opened, key_mask)
             logits = self.model.decode_step(token, position, key_mask, slot, self.cache.keys, self.cache.values)
             position = position + 1
