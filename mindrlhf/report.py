@@ -49,15 +49,22 @@ def _stage_section(out_dir: str, stage: str) -> List[str]:
         png = "report_" + stage.replace("/", "_") + ".png"
         plot_metrics(ppo_metrics, os.path.join(out_dir, png), PPO_CURVES, "PPO iterations")
         rows = read_metrics(ppo_metrics)
-        first, last = rows[0], rows[-1]
+        span = max(1, len(rows) // 4)
+        trends = [f"{label} {_mean(rows[:span], key):.3f} → {_mean(rows[-span:], key):.3f}"
+                  for key, label in (("score", "reward-model score of rollouts"), ("kl", "KL to reference"),
+                                     ("labeler_score", "labeler score of rollouts"))
+                  if all(key in r for r in rows)]
+        window = "iteration" if span == 1 else f"{span} iterations"
         return [f"## {title}", "",
-                f"{len(rows)} logged iterations. Reward-model score of rollouts {first['score']:.3f} → {last['score']:.3f};"
-                f" KL to reference {first['kl']:.3f} → {last['kl']:.3f}."
-                + (f" Labeler score of rollouts {first['labeler_score']:.3f} → {last['labeler_score']:.3f}."
-                   if "labeler_score" in last else ""), "", f"![{stage}]({png})", ""]
+                f"{len(rows)} logged iterations; means of the first and last {window}: " + "; ".join(trends) + ".",
+                "", f"![{stage}]({png})", ""]
     if os.path.isfile(os.path.join(out_dir, stage, "metrics.png")):
         return [f"## {title}", "", f"![{stage}]({stage}/metrics.png)", ""]
     return []
+
+
+def _mean(rows: List[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
 
 
 def _head_to_head_lines(rows: dict) -> List[str]:
