@@ -195,14 +195,19 @@ class DecoderLayer(nn.Cell):
         x = x + self.mlp(self.mlp_norm(x))
         return x, k, v
 
-    def decode(self, x, cos, sin, bias, k_cache, v_cache, write_index):
-        """One new token per row: write its key/value into the cache Parameters [B, KV, S, D] in place at
-        `write_index` [B * KV, 3] (rows (b, h, slot)), then attend over the whole static-size cache
-        (bias hides empty and padded slots). In place, because a functional update makes a new cache per
-        step, and a compiled while loop kept every one of them alive (memory grew by a cache per token)."""
+    def decode(self, x, cos, sin, bias, k_cache, v_cache, slot):
+        """One new token per row: add its key/value into slot `slot` ([1] int32) of the cache Parameters
+        [B, KV, S, D], in place, then attend over the whole static-size cache (bias hides empty and padded
+        slots). In place, because a functional update makes a new cache per step, and a compiled while
+        loop kept every one of them alive (memory grew by a cache per token).
+
+        An add along the slot axis writes the key exactly because prefill zeroed every slot after the
+        prompt and each slot is written once. It is the cheap in-place write on MindSpore's CPU: the
+        scatter_nd_update of one slot per (row, head) cost 1.5 ms per cache of [32, 12, 192, 64] in a
+        compiled loop, index_add 0.02 ms (GPT-2 at batch 32: a third of the decode loop's kernel time)."""
         q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
-        k_all = ops.scatter_nd_update(k_cache, write_index, k.reshape(-1, k.shape[-1]))
-        v_all = ops.scatter_nd_update(v_cache, write_index, v.reshape(-1, v.shape[-1]))
+        k_all = ops.index_add(k_cache, slot, k, 2)
+        v_all = ops.index_add(v_cache, slot, v, 2)
         x = x + self.attn.attend(q, k_all, v_all, bias)
         x = x + self.mlp(self.mlp_norm(x))
         return x

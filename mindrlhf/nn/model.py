@@ -115,19 +115,15 @@ class CausalLM(nn.Cell):
 
     def decode_step(self, token, position, key_mask, write_pos, k_caches, v_caches):
         """One token per row. token, position [B] int32; key_mask [B, S] (1 = slot may be attended,
-        including the slot being written); write_pos: scalar int32 slot the token's key/value go to.
-        Updates the caches in place and returns the next-token logits [B, vocab]."""
+        including the slot being written); write_pos: scalar int32 slot the token's key/value go to, one
+        that prefill zeroed and no step has written yet. Updates the caches in place and returns the next-token logits [B, vocab]."""
         b, s = key_mask.shape
-        kv = k_caches[0].shape[1]
-        rows = ops.broadcast_to(ops.arange(0, b, 1, dtype=ms.int32).reshape(b, 1, 1), (b, kv, 1))
-        heads = ops.broadcast_to(ops.arange(0, kv, 1, dtype=ms.int32).reshape(1, kv, 1), (b, kv, 1))
-        slots = ops.broadcast_to(write_pos.reshape(1, 1, 1), (b, kv, 1))
-        write_index = ops.concat((rows, heads, slots), -1).reshape(b * kv, 3)
+        slot = write_pos.reshape(1)
         x, cos, sin = self._embed(token.expand_dims(1), position.expand_dims(1))
         bias = ((1 - key_mask.astype(ms.float32)) * MASK_VALUE).reshape(b, 1, 1, s)
         i = 0
         for layer in self.layers:
-            x = layer.decode(x, cos, sin, bias, k_caches[i], v_caches[i], write_index)
+            x = layer.decode(x, cos, sin, bias, k_caches[i], v_caches[i], slot)
             i += 1
         return self.logits_from_hidden(self.final_norm(x)).reshape(b, self.vocab_size)  # see prefill
 
