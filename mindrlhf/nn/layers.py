@@ -83,6 +83,18 @@ class LayerNorm(nn.Cell):
         return y
 
 
+GELU_C = 2.0 * math.sqrt(2.0 / math.pi)  # 0.5 (1 + tanh(z)) = sigmoid(2 z)
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as x sigmoid(2 sqrt(2/pi) (...)).
+
+    The same function, and on MindSpore's CPU the faster and more exact form: ops.gelu(approximate="tanh")
+    took 1.08 ms on [32, 1, 3072] in a compiled loop and this 0.19 ms; against a float64 reference its
+    error is 5.6e-7, where the tanh form written with ops.tanh is off by 1.9e-4 (a coarse CPU tanh)."""
+    return x * ops.sigmoid(GELU_C * (x + 0.044715 * x * x * x))
+
+
 def rope_tables(max_positions, head_dim, theta):
     """cos/sin tables [max_positions, head_dim] for RoPE (Su et al., 2021), half-split layout:
     angle(p, i) = p * theta^(-2i/d) for i < d/2, repeated for the second half."""
@@ -173,7 +185,7 @@ class MLP(nn.Cell):
         if self.gated:
             h = ops.silu(h[:, :, :self.width]) * h[:, :, self.width:]
         else:
-            h = ops.gelu(h, approximate="tanh")
+            h = gelu_tanh(h)
         return self.down_proj(h)
 
 

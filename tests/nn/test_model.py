@@ -144,3 +144,14 @@ def test_float16_compute_is_close_to_float32(models):
     out, ref = half(ids).asnumpy(), models["tiny"](ids).asnumpy()
     assert out.dtype == np.float32
     assert 0 < np.abs(out - ref).max() < 1e-2
+
+
+def test_gelu_tanh_matches_gpt2_gelu_in_float64():
+    """gelu_tanh (written with a sigmoid) is GPT-2's tanh-approximate GELU, checked against numpy in float64."""
+    from mindrlhf.nn.layers import gelu_tanh
+
+    x = np.random.default_rng(0).normal(0.0, 3.0, (4, 8, 512)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    expected = 0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+    got = gelu_tanh(Tensor(x)).asnumpy().astype(np.float64)
+    assert np.abs(got - expected).max() < 2e-6
