@@ -116,7 +116,8 @@ class CausalLM(nn.Cell):
     def decode_step(self, token, position, key_mask, write_pos, k_caches, v_caches):
         """One token per row. token, position [B] int32; key_mask [B, S] (1 = slot may be attended,
         including the slot being written); write_pos: scalar int32 slot the token's key/value go to, one
-        that prefill zeroed and no step has written yet. Updates the caches in place and returns the next-token logits [B, vocab]."""
+        that prefill zeroed and no step has written yet. Updates the caches in place and returns the
+        next-token logits [B, vocab]."""
         b, s = key_mask.shape
         slot = write_pos.reshape(1)
         x, cos, sin = self._embed(token.expand_dims(1), position.expand_dims(1))
