@@ -6,6 +6,7 @@ exactly what the same tokens would compute alone:
     position_t = max(cumsum(mask)_t - 1, 0)
 and attention is allowed from query t to key s iff s <= t and mask_s == 1.
 """
+import math
 import os
 
 import numpy as np
@@ -38,6 +39,9 @@ class CausalLM(nn.Cell):
         else:
             self.rope_cos, self.rope_sin = rope_tables(config.max_position_embeddings, config.head_dim,
                                                        config.rope_theta)
+            # per head of the [q | k] block that RoPE turns: q's rows carry the attention's 1/sqrt(D)
+            head_scale = [1.0 / math.sqrt(config.head_dim)] * config.num_heads + [1.0] * config.num_kv_heads
+            self.rope_head_scale = Tensor(np.array(head_scale, np.float32).reshape(-1, 1))  # [H + KV, 1]
         self.layers = nn.CellList([DecoderLayer(config) for _ in range(config.num_layers)])
         norm = LayerNorm if self.gpt2 else RMSNorm
         self.final_norm = norm(config.hidden_size, config.norm_eps)
@@ -75,9 +79,16 @@ class CausalLM(nn.Cell):
         if self.gpt2:
             x = x + self.embed_positions(positions)
             return x, self.rope_cos, self.rope_sin
-        cos = ops.gather(self.rope_cos, positions, 0).expand_dims(1)  # [B, 1, T, D]
-        sin = ops.gather(self.rope_sin, positions, 0).expand_dims(1)
+        # [B, T, H + KV, D], built once per pass for all layers: full size, because MindSpore's CPU
+        # multiplies are slow when they broadcast (see layers.RMSNorm)
+        cos = ops.gather(self.rope_cos, positions, 0).expand_dims(2) * self.rope_head_scale
+        sin = ops.gather(self.rope_sin, positions, 0).expand_dims(2) * self.rope_head_scale
         return x, cos, sin
+
+    def _full_bias(self, bias):
+        """[B, T, S] additive attention bias -> [B, H, T, S], expanded once per pass (see Attention.attend)."""
+        b, t, s = bias.shape
+        return ops.broadcast_to(bias.expand_dims(1), (b, self.config.num_heads, t, s))
 
     def _run_layers(self, input_ids, attention_mask):
         """Embeddings and all layers; returns (x [B, T, hidden] before the final norm, keys, values)
@@ -89,7 +100,7 @@ class CausalLM(nn.Cell):
         t = input_ids.shape[1]
         causal = ops.tril(ops.ones((t, t), ms.int32))                           # [T, T]
         allowed = causal.expand_dims(0) * mask.expand_dims(1)                   # [B, T(q), T(k)]
-        bias = ((1 - allowed).astype(ms.float32) * MASK_VALUE).expand_dims(1)   # [B, 1, T, T]
+        bias = self._full_bias((1 - allowed).astype(ms.float32) * MASK_VALUE)   # [B, H, T, T]
         keys, values = (), ()
         for layer in self.layers:
             x, k, v = layer(x, cos, sin, bias)
@@ -121,7 +132,7 @@ class CausalLM(nn.Cell):
         b, s = key_mask.shape
         slot = write_pos.reshape(1)
         x, cos, sin = self._embed(token.expand_dims(1), position.expand_dims(1))
-        bias = ((1 - key_mask.astype(ms.float32)) * MASK_VALUE).reshape(b, 1, 1, s)
+        bias = self._full_bias(((1 - key_mask.astype(ms.float32)) * MASK_VALUE).reshape(b, 1, s))
         i = 0
         for layer in self.layers:
             x = layer.decode(x, cos, sin, bias, k_caches[i], v_caches[i], slot)

@@ -155,3 +155,36 @@ def test_gelu_tanh_matches_gpt2_gelu_in_float64():
     expected = 0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
     got = gelu_tanh(Tensor(x)).asnumpy().astype(np.float64)
     assert np.abs(got - expected).max() < 2e-6
+
+
+def test_rmsnorm_matches_float64():
+    """RMSNorm (sum of squares as a matmul, weight folded into the row factor) against numpy in float64, on rows
+    from 1e-3 (where eps = 1e-5 matters) to 1e2 in scale."""
+    from mindrlhf.nn.layers import RMSNorm
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(3, 5, 96)) * np.array([1e-3, 1.0, 1e2])[:, None, None]).astype(np.float32)
+    norm = RMSNorm(96, 1e-5)
+    weight = rng.uniform(0.5, 1.5, 96).astype(np.float32)
+    norm.weight.set_data(Tensor(weight))
+    x64 = x.astype(np.float64)
+    expected = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * weight
+    got = norm(Tensor(x)).asnumpy()
+    assert got.shape == x.shape
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-6
+
+
+def test_apply_rope_signed_table_is_rotate_half():
+    """apply_rope with the signed sin table equals x cos + rotate_half(x) sin with plain tables, computed in float64."""
+    from mindrlhf.nn.layers import apply_rope, rope_tables
+
+    d, positions = 16, np.array([0, 3, 17, 63])
+    cos, sin = (t.asnumpy()[positions] for t in rope_tables(64, d, 500.0))
+    x = np.random.default_rng(1).normal(size=(len(positions), 3, d)).astype(np.float32)   # [T, heads, D]
+    angles = np.outer(positions, 1.0 / 500.0 ** (np.arange(0, d, 2) / d))
+    angles = np.concatenate([angles, angles], -1)[:, None, :]
+    x64 = x.astype(np.float64)
+    rotate_half = np.concatenate([-x64[..., d // 2:], x64[..., :d // 2]], -1)
+    expected = x64 * np.cos(angles) + rotate_half * np.sin(angles)
+    got = apply_rope(Tensor(x), Tensor(cos[:, None, :]), Tensor(sin[:, None, :])).asnumpy()
+    assert np.abs(got - expected).max() < 1e-5
