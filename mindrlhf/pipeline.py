@@ -233,7 +233,7 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         from .data.encoding import encode_prompts
         from .data.formats import load_prompts
         from .data.tokenizer import Tokenizer
-        from .trainers.reward import load_reward_model
+        from .trainers.artifacts import load_reward_model
 
         runtime.setup(cfg.runtime)
         tok = Tokenizer.load(sft_model)

@@ -20,6 +20,7 @@ from mindspore import nn, ops
 
 from .algos import logprobs_from_logits
 from .nn import CausalLM, ModelConfig, ScalarHead
+from .nn.gguf import is_gguf
 from .nn.lora import LoRAConfig, apply_lora, shared_copy
 
 
@@ -47,10 +48,13 @@ def adapted_copy(base: CausalLM, lora: LoRAConfig) -> CausalLM:
     return with_lora(shared_copy(base), lora)
 
 
-def _load(spec: str, vocab_size: int, compute_dtype: str) -> CausalLM:
-    from .nn.gguf import is_gguf
+def is_pretrained(spec: str) -> bool:
+    """Whether a model spec names weights (a HuggingFace folder or a GGUF file/name) rather than a preset."""
+    return os.path.isdir(spec) or is_gguf(spec)
 
-    if os.path.isdir(spec) or is_gguf(spec):
+
+def _load(spec: str, vocab_size: int, compute_dtype: str) -> CausalLM:
+    if is_pretrained(spec):
         model = CausalLM.from_pretrained(spec, compute_dtype=compute_dtype or None)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"{spec}: the model's vocab_size {model.config.vocab_size} is smaller than the "

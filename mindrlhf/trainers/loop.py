@@ -1,18 +1,18 @@
-"""The loop the supervised stages share (SFT, reward model, DPO): batches → compiled step → log/eval/save.
+"""The one training loop every stage runs on: step → log → evaluate → save, with resume and a guard.
 
-A stage supplies what differs: how a list of records becomes the Tensors of one micro-batch, the
-Updater (loss Cell + optimizer), the Cells to checkpoint and an evaluation function. The loop owns
-the rest: the global batch split across ranks and micro-batches, the progress bar, metrics JSONL,
-periodic evaluation, atomic checkpoints, resume, and the plot at the end.
+A stage (SFT, reward model, PPO, ...) is an object with the methods of :class:`Stage`: it builds its roles
+and optimizers, and its ``step(i)`` does one unit of training (an optimizer step over a global batch, or
+a whole PPO iteration) and returns its metrics. The loop owns what is the same for all of them: resume
+from the newest checkpoint, the progress bar (plain metric lines when the output is not a terminal),
+the metrics JSONL and its plot, the evaluation and save cadence, rank-0 writes, and the divergence guard.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
-from typing import Callable, Optional, Sequence
-
-import numpy as np
+from typing import Optional
 
 from .. import runtime
 from ..config import field, require
@@ -21,11 +21,9 @@ from .metrics import MetricsLogger, plot_metrics
 
 
 @dataclasses.dataclass
-class LoopConfig:
-    batch_size: int = field(16, "global batch size (sequences per optimizer step, summed over ranks)")
-    micro_batch_size: int = field(0, "sequences per forward pass on one rank; 0 = the whole per-rank batch")
-    epochs: float = field(1.0, "passes over the training data (fractions allowed); ignored when max_steps > 0")
-    max_steps: int = field(0, "optimizer steps to run; 0 = derive from epochs")
+class CadenceConfig:
+    """How often the loop logs, evaluates and saves; every stage's config carries these keys."""
+
     log_every: int = field(5, "steps between metric lines")
     eval_every: int = field(50, "steps between held-out evaluations; 0 = only at the end")
     save_every: int = field(100, "steps between checkpoints; 0 = only at the end")
@@ -33,139 +31,113 @@ class LoopConfig:
     progress: bool = field(True, "show a progress bar")
 
     def validate(self):
-        require(self.batch_size > 0, "train.batch_size", "must be > 0")
-        require(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
-        require(self.max_steps > 0 or self.epochs > 0, "train.epochs", "set epochs > 0 or max_steps > 0")
-
-    def total_steps(self, n_records: int) -> int:
-        if self.max_steps > 0:
-            return self.max_steps
-        return max(1, int(self.epochs * n_records // self.batch_size))
-
-    def layout(self, world_size: int) -> tuple[int, int]:
-        """(per-rank batch, micro-batches per step), or a clear error when the sizes do not divide."""
-        require(self.batch_size % world_size == 0, "train.batch_size",
-                f"{self.batch_size} does not divide over {world_size} ranks")
-        per_rank = self.batch_size // world_size
-        micro = self.micro_batch_size or per_rank
-        require(per_rank % micro == 0, "train.micro_batch_size",
-                f"{micro} does not divide the per-rank batch of {per_rank}")
-        return per_rank, per_rank // micro
+        require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
 
 
-class DataOrder:
-    """Which records form each global batch: a seeded permutation per epoch, restorable for resume."""
+class DivergedError(RuntimeError):
+    """A non-finite loss or gradient norm: the run stops before anything of the bad step is saved."""
 
-    def __init__(self, n_records: int, batch_size: int, seed: int):
-        if n_records < batch_size:
-            raise ValueError(f"{n_records} training records are fewer than one batch of {batch_size}")
-        self.n, self.batch_size, self.seed = n_records, batch_size, seed
-        self.epoch, self.cursor = 0, 0
-        self._perm = self._permutation(0)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+class Stage:
+    """What a stage hands :func:`run_loop`. Subclasses set ``total_steps`` and implement :meth:`step`."""
 
-    def next_batch(self) -> np.ndarray:
-        if self.cursor + self.batch_size > self.n:  # drop the ragged tail; start the next epoch
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self._perm = self._permutation(self.epoch)
-        idx = self._perm[self.cursor : self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return idx
+    name = "train"  # the progress bar's label
+    unit: Optional[str] = None  # what step() counts for the throughput metric ("tok", "prompt"); None = no metric
+    guarded: tuple = ("loss", "grad_norm")  # metrics that must stay finite
+    total_steps: int = 0
+
+    def cells(self) -> dict:
+        """name -> Cell written to each checkpoint (the trainable parameters)."""
+        raise NotImplementedError
+
+    def updaters(self) -> dict:
+        """name -> Updater whose optimizer state goes into each checkpoint."""
+        raise NotImplementedError
+
+    def step(self, step: int) -> tuple[dict, int]:
+        """Train step ``step`` (0-based); return its metrics and the number of ``unit``s it processed."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        """Held-out metrics, keys prefixed ``eval_``; {} when the stage has none."""
+        return {}
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        """JSON-able trainer state beyond weights and optimizers (data order, controllers)."""
+        return {}
 
     def restore(self, state: dict) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._perm = self._permutation(self.epoch)
+        """Take back what :meth:`state` returned, from a checkpoint."""
+
+    def before_save(self) -> None:
+        """Called before every checkpoint (e.g. to fix parameter names)."""
+
+    def postfix(self, metrics: dict) -> dict:
+        """What the progress bar shows after each step."""
+        shown = {"loss": f"{metrics['loss']:.4f}"}
+        if self.unit and f"{self.unit}_per_s" in metrics:
+            shown[f"{self.unit}/s"] = f"{metrics[f'{self.unit}_per_s']:.0f}"
+        return shown
+
+    def finish(self, run_dir: str) -> None:
+        """Write the stage's product (``run_dir/model``); called on rank 0 after the last step."""
 
 
-@dataclasses.dataclass
-class Stage:
-    """What a supervised stage hands the loop."""
-
-    records: Sequence  # training records
-    make_batch: Callable  # (records, normalizer) -> tuple of Tensors for the loss cell
-    count: Callable  # (records) -> number the loss is normalised by (tokens, sequences or prompts)
-    updater: object  # trainers.step.Updater
-    cells: dict  # name -> Cell, written to each checkpoint
-    evaluate: Optional[Callable] = None  # () -> dict of held-out metrics
-    # (list of aux arrays) -> dict of extra train metrics. Aux arrays must be sums over rows: under msrun
-    # the list holds one array, the sum over micro-batches and ranks (the global batch's sums).
-    describe_aux: Optional[Callable] = None
-    unit: str = "tok"  # what count() counts, for the throughput shown
-
-
-def run_loop(stage: Stage, cfg: LoopConfig, run_dir: str, seed: int, resume: Optional[str] = None) -> dict:
-    """Train to the end (or from ``resume``'s newest checkpoint to the end); return the final metrics."""
+def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optional[str] = None) -> dict:
+    """Train ``stage`` to its end (from ``resume``'s newest checkpoint when given); return the last metrics."""
     rt = runtime.current()
-    per_rank, n_micro = cfg.layout(rt.world_size)
-    total = cfg.total_steps(len(stage.records))
-    stage.updater.total_steps = total
-    order = DataOrder(len(stage.records), cfg.batch_size, seed)
-    ckpt = CheckpointManager(run_dir, keep=cfg.keep_checkpoints)
+    total = stage.total_steps
+    ckpt = CheckpointManager(run_dir, keep=cadence.keep_checkpoints)
+    cells, updaters = stage.cells(), stage.updaters()
 
     start = 0
     if resume:
-        path = CheckpointManager(resume, keep=cfg.keep_checkpoints).latest()
+        path = CheckpointManager(resume, keep=cadence.keep_checkpoints).latest()
         if path is None:
             raise FileNotFoundError(f"{resume}: no complete checkpoint to resume from (checkpoints/latest missing)")
-        state = CheckpointManager.load(path, stage.cells, {"model": stage.updater})
-        order.restore(state["data_order"])
+        state = CheckpointManager.load(path, cells, updaters)
+        stage.restore(state)
         start = state["step"]
     logger = MetricsLogger(run_dir, rt.is_main, resume_step=start if resume else None)
 
-    bar = _progress(cfg.progress and rt.is_main, total, start)
+    bar = _progress(cadence.progress and rt.is_main, total, start, stage.name)
     final: dict = {}
     window_units, window_time = 0, time.perf_counter()
     for step in range(start, total):
-        idx = order.next_batch()
-        batch = [stage.records[i] for i in idx]
-        normalizer = stage.count(batch) / rt.world_size  # ranks' gradients are averaged, not summed
-        mine = batch[rt.rank * per_rank : (rt.rank + 1) * per_rank]
-        micro = len(mine) // n_micro
-        micro_batches = [stage.make_batch(mine[i * micro : (i + 1) * micro], normalizer) for i in range(n_micro)]
-        loss, auxes, grad_norm = stage.updater.step(micro_batches)
-        if rt.distributed:
-            loss, auxes = _over_ranks(loss, auxes)
-        window_units += stage.count(batch)
+        metrics, units = stage.step(step)
         done = step + 1
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": _lr(stage.updater)}
-        if stage.describe_aux is not None:
-            metrics.update(stage.describe_aux(auxes))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-        if done % cfg.log_every == 0 or done == total:
+        _guard(stage, metrics, done)
+        window_units += units
+        logged = done % cadence.log_every == 0 or done == total
+        if logged and stage.unit:
             elapsed = time.perf_counter() - window_time
             metrics[f"{stage.unit}_per_s"] = window_units / max(elapsed, 1e-9)
             window_units, window_time = 0, time.perf_counter()
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", **{f"{stage.unit}/s": f"{metrics[f'{stage.unit}_per_s']:.0f}"})
-        if stage.evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == total):
+        if (cadence.eval_every and done % cadence.eval_every == 0) or done == total:
             metrics.update(stage.evaluate())
-        if done % cfg.log_every == 0 or done == total or any(k.startswith("eval_") for k in metrics):
+        if logged or any(k.startswith("eval_") for k in metrics):
             logger.log(done, metrics)
-        if (cfg.save_every and done % cfg.save_every == 0) or done == total:
-            ckpt.save(done, stage.cells, {"model": stage.updater}, {"data_order": order.state()}, rt.is_main)
-            dump_rank_weights(stage.cells, rt.rank, done)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(**stage.postfix(metrics))
+        if (cadence.save_every and done % cadence.save_every == 0) or done == total:
+            stage.before_save()
+            ckpt.save(done, cells, updaters, stage.state(), rt.is_main)
+            dump_rank_weights(cells, rt.rank, done)
         final = metrics
     if bar is not None:
         bar.close()
     if rt.is_main:
         plot_metrics(logger.path, os.path.join(run_dir, "metrics.png"))
+        stage.finish(run_dir)
     return final
 
 
-def _over_ranks(loss: float, auxes: list) -> tuple[float, list]:
-    """The global batch's loss and aux sums from this rank's. A rank's loss is Σ_rank ℓ / (N / W), so the
-    global Σ ℓ / N is the mean over ranks; aux arrays are sums over rows, so they add up."""
-    aux = np.sum([np.asarray(a, np.float32) for a in auxes], axis=0)
-    flat = np.concatenate([[loss / runtime.current().world_size], aux.ravel()])
-    total = runtime.all_reduce_sum(flat)
-    return float(total[0]), [total[1:].reshape(aux.shape)]
+def _guard(stage: Stage, metrics: dict, done: int) -> None:
+    bad = [k for k in stage.guarded if k in metrics and not math.isfinite(float(metrics[k]))]
+    if bad:
+        raise DivergedError(f"step {done}: {', '.join(f'{k}={metrics[k]}' for k in bad)}; the run stopped "
+                            "before saving this step (lower the learning rate, or resume from the last checkpoint)")
 
 
 RANK_WEIGHTS_ENV = "MINDRLHF_RANK_WEIGHTS_DIR"
@@ -184,13 +156,9 @@ def dump_rank_weights(cells: dict, rank: int, step: int) -> None:
         save_cell_weights(cell, os.path.join(folder, f"rank{rank}.{name}.safetensors"))
 
 
-def _lr(updater) -> float:
-    return float(updater.optimizer.lr.asnumpy())
-
-
-def _progress(enabled: bool, total: int, start: int):
+def _progress(enabled: bool, total: int, start: int, desc: str):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from tqdm import tqdm  # optional at import time: only a run with a progress bar needs it
 
-    return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, leave=True, mininterval=1.0)
+    return tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, leave=True, mininterval=1.0)

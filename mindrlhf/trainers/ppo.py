@@ -37,15 +37,13 @@ from ..data.tokenizer import Tokenizer
 from ..nn.generate import GenerationConfig, Generator, bucket
 from ..nn.lora import TrainableParams
 from ..roles import Critic, Policy, frozen, ppo_roles
-from .checkpoint import CheckpointManager
+from .artifacts import export_model, load_reward_model, read_stats
 from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
 from .experience import response_slice
-from .loop import DataOrder, dump_rank_weights
-from .metrics import MetricsLogger, plot_metrics
-from .reward import load_reward_model, read_stats
-from .sft import export_model
+from .loop import CadenceConfig, Stage, run_loop
 from .ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig  # noqa: F401 (re-exported)
 from .step import Updater
+from .supervised import DataOrder
 
 
 class ActorLoss(nn.Cell):
@@ -77,8 +75,10 @@ class CriticLoss(nn.Cell):
         return value_loss(values, old_values, returns, response_mask, self.clip_range_value, self.agg, normalizer)
 
 
-class PPOTrainer:
-    """Holds the four roles, their compiled passes and optimizers; ``train()`` runs the iterations."""
+class PPOTrainer(Stage):
+    """Holds the four roles, their compiled passes and optimizers; one loop step is one iteration."""
+
+    name, guarded = "ppo", ("pg_loss", "vf_loss", "kl")
 
     def __init__(self, cfg: PPOConfig, reward_model: Optional[nn.Cell] = None,
                  reward_fn: Optional[Callable[[Sequence[str], Sequence[str]], Sequence[float]]] = None):
@@ -116,6 +116,7 @@ class PPOTrainer:
         self.kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
                        else FixedKLController(p.kl_coef))
         self.ppo_beta = p.kl_penalty_coef
+        self.total_steps = p.iterations
 
         prompts = load_prompts(cfg.data.prompts, cfg.data.skip_invalid)
         self.prompts = encode_prompts(prompts, self.tokenizer, cfg.data.max_prompt_length, cfg.data.skip_invalid)
@@ -268,60 +269,54 @@ class PPOTrainer:
             out["ppo_beta"] = self.ppo_beta
         return out
 
-    # ------------------------------------------------------------------ the loop
-    def train(self, resume: Optional[str] = None) -> dict:
-        cfg, rt = self.cfg, self.rt
-        ckpt = CheckpointManager(cfg.out_dir, keep=cfg.keep_checkpoints)
-        cells = {"actor": TrainableParams(self.actor), "critic": TrainableParams(self.critic)}
-        updaters = {"actor": self.actor_updater, "critic": self.critic_updater}
-        start = 0
-        if resume:
-            path = CheckpointManager(resume).latest()
-            if path is None:
-                raise FileNotFoundError(f"{resume}: no complete checkpoint to resume from")
-            state = CheckpointManager.load(path, cells, updaters)
-            start, self.ppo_beta = state["step"], state["ppo_beta"]
-            self.kl_ctl.kl_coef = state["kl_coef"]
-            self.order.restore(state["data_order"])
-        logger = MetricsLogger(cfg.out_dir, rt.is_main, resume_step=start if resume else None)
-        bar = None
-        if cfg.progress and rt.is_main:
-            from tqdm import tqdm
+    # ------------------------------------------------------------------ the loop's Stage
+    def cells(self) -> dict:
+        return {"actor": TrainableParams(self.actor), "critic": TrainableParams(self.critic)}
 
-            bar = tqdm(total=cfg.ppo.iterations, initial=start, desc="ppo", dynamic_ncols=True, mininterval=1.0)
+    def updaters(self) -> dict:
+        return {"actor": self.actor_updater, "critic": self.critic_updater}
+
+    def step(self, it: int) -> tuple[dict, int]:
+        """One iteration: rollout → score → advantages → update, on this rank's share of the global batch."""
+        cfg, rt = self.cfg, self.rt
         per_rank, _ = cfg.layout(rt.world_size)
-        metrics: dict = {}
-        for it in range(start, cfg.ppo.iterations):
-            prompts = [self.prompts[i] for i in self.order.next_batch()]  # global; this rank rolls out its share
-            seed = cfg.runtime.seed * 100_003 + it * 1_009
-            width = bucket(max(len(p.input_ids) for p in prompts), self.generator.prompt_bucket)  # as one process
-            exp, times = self.rollout(prompts[rt.rank * per_rank : (rt.rank + 1) * per_rank], seed + rt.rank, width)
-            if rt.distributed:  # every rank updates on the whole batch, as one process would
-                exp = gather_experience(exp)
-                times = {k: float(v) for k, v in zip(times, runtime.mean_over_ranks(list(times.values())))}
-            metrics = self.experience_stats(exp, prompts, times)
-            t0 = time.perf_counter()
-            metrics.update(self.update(exp, seed))
-            metrics["time_train"] = time.perf_counter() - t0
-            self.kl_ctl.update(metrics["kl"], cfg.rollout.batch_size)
-            done = it + 1
-            if done % cfg.log_every == 0 or done == cfg.ppo.iterations:
-                logger.log(done, metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.3f}")
-            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.ppo.iterations:
-                state = {"ppo_beta": self.ppo_beta, "kl_coef": self.kl_ctl.kl_coef,
-                         "data_order": self.order.state(), "optimizer_steps": self.actor_updater.step_count}
-                self._name_parameters()
-                ckpt.save(done, cells, updaters, state, rt.is_main)
-                dump_rank_weights(cells, rt.rank, done)
-        if bar is not None:
-            bar.close()
-        if rt.is_main:
-            plot_metrics(logger.path, os.path.join(cfg.out_dir, "metrics.png"))
-            export_model(self.actor_lm, self.tokenizer, cfg, os.path.join(cfg.out_dir, "model"), base=cfg.policy)
-        return metrics
+        prompts = [self.prompts[i] for i in self.order.next_batch()]  # global; this rank rolls out its share
+        seed = cfg.runtime.seed * 100_003 + it * 1_009
+        width = bucket(max(len(p.input_ids) for p in prompts), self.generator.prompt_bucket)  # as one process
+        exp, times = self.rollout(prompts[rt.rank * per_rank : (rt.rank + 1) * per_rank], seed + rt.rank, width)
+        if rt.distributed:  # every rank updates on the whole batch, as one process would
+            exp = gather_experience(exp)
+            times = {k: float(v) for k, v in zip(times, runtime.mean_over_ranks(list(times.values())))}
+        metrics = self.experience_stats(exp, prompts, times)
+        t0 = time.perf_counter()
+        metrics.update(self.update(exp, seed))
+        metrics["time_train"] = time.perf_counter() - t0
+        self.kl_ctl.update(metrics["kl"], cfg.rollout.batch_size)
+        return metrics, 0
+
+    def state(self) -> dict:
+        return {"ppo_beta": self.ppo_beta, "kl_coef": self.kl_ctl.kl_coef, "data_order": self.order.state(),
+                "optimizer_steps": self.actor_updater.step_count}
+
+    def restore(self, state: dict) -> None:
+        self.ppo_beta, self.kl_ctl.kl_coef = state["ppo_beta"], state["kl_coef"]
+        self.order.restore(state["data_order"])
+
+    def before_save(self) -> None:
+        self._name_parameters()
+
+    def postfix(self, metrics: dict) -> dict:
+        return {"score": f"{metrics['score']:.3f}", "kl": f"{metrics['kl']:.3f}"}
+
+    def finish(self, run_dir: str) -> None:
+        export_model(self.actor_lm, self.tokenizer, self.cfg, os.path.join(run_dir, "model"), base=self.cfg.policy)
+
+    def train(self, resume: Optional[str] = None) -> dict:
+        """Run the iterations on the one loop (from ``resume``'s newest checkpoint when given)."""
+        cfg = self.cfg
+        cadence = CadenceConfig(log_every=cfg.log_every, eval_every=0, save_every=cfg.save_every,
+                                keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress)
+        return run_loop(self, cadence, cfg.out_dir, resume)
 
 
 def train_ppo(cfg: PPOConfig, resume: Optional[str] = None) -> dict:

@@ -16,7 +16,6 @@ holds the merged trunk and ``lora_adapters.safetensors``, as SFT writes them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
@@ -31,35 +30,25 @@ from ..data.batching import ranking_batch
 from ..data.encoding import encode_rankings
 from ..data.formats import load_rankings
 from ..data.tokenizer import Tokenizer
-from ..nn import CausalLM
 from ..nn.lora import LoRAConfig, TrainableParams
-from ..nn.model import atomic_write
 from ..roles import RewardModel, load_lm
 from ..runtime import RuntimeConfig
-from .loop import LoopConfig, Stage, run_loop
-from .sft import export_model, resolve_tokenizer, split_eval, with_dropout
+from .artifacts import export_reward_model, load_reward_model, resolve_tokenizer, write_stats
+from .loop import run_loop
 from .step import OptimConfig, Updater
-
-HEAD_FILE = "reward_head.safetensors"  # keys "weight" [hidden, 1] and "bias" [1]: r = h·weight + bias
-STATS_FILE = "rm_stats.json"
-
+from .supervised import DataConfig, LoopConfig, SupervisedStage, split_heldout, with_dropout
 
 @dataclasses.dataclass
-class RMDataConfig:
+class RMDataConfig(DataConfig):
     train: str = field("", "rankings JSONL (or .mindrecord): K >= 2 responses per prompt and their order")
     eval: str = field("", "held-out rankings; empty = hold out eval_fraction of train")
-    eval_fraction: float = field(0.05, "fraction of train held out when eval is empty")
-    max_length: int = field(128, "longest prompt+response in tokens; a ranking with a longer one is an error")
-    pad_multiple: int = field(32, "pad each batch to a multiple of this (few distinct shapes = few compiles)")
-    skip_invalid: bool = field(False, "skip malformed or too-long rankings (counted and logged) instead of stopping")
     margin: float = field(0.0, "a pair is only won once r_better − r_worse exceeds this (Llama 2's margin); "
                                "0 = InstructGPT's loss")
 
     def validate(self):
         require(bool(self.train), "data.train", "set the rankings file, e.g. data.train=rankings.jsonl "
                                                 "(make one with `mindrlhf data rankings`)")
-        require(0 <= self.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
-        require(self.max_length > 1, "data.max_length", "must be > 1")
+        super().validate()
         require(self.margin >= 0, "data.margin", f"must be >= 0, got {self.margin}")
 
 
@@ -168,21 +157,6 @@ def ranking_stats(rewards: np.ndarray, k_mask: np.ndarray, margin: float = 0.0) 
             "prompts": int(len(rewards)), "pairs": int(sum(n * (n - 1) // 2 for n in valid.sum(1)))}
 
 
-def write_stats(stats: dict, directory: str) -> str:
-    path = os.path.join(directory, STATS_FILE)
-    atomic_write(path, lambda tmp: open(tmp, "w", encoding="utf-8").write(json.dumps(stats, indent=1) + "\n"))
-    return path
-
-
-def read_stats(directory: str) -> dict:
-    """The ``rm_stats.json`` next to a reward model (accuracy, mean_margin, reward_mean, reward_std, ...)."""
-    path = os.path.join(directory, STATS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found; make it with `mindrlhf eval rm --model {directory} --data F`")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 # ------------------------------------------------------------------------------------ training
 
 
@@ -194,10 +168,11 @@ def train_rm(cfg: RMConfig, resume: Optional[str] = None) -> dict:
         save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
     tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.model)
     data = cfg.data
-    encoded = encode_rankings_file(data.train, tokenizer, data.max_length, data.skip_invalid)
-    train_set, eval_set = split_eval(
-        encoded, data, tokenizer, cfg.runtime.seed,
-        encode_file=lambda path: encode_rankings_file(path, tokenizer, data.max_length, data.skip_invalid))
+
+    def encode_file(path):
+        return encode_rankings_file(path, tokenizer, data.max_length, data.skip_invalid)
+
+    train_set, eval_set = split_heldout(encode_file(data.train), data, cfg.runtime.seed, encode_file)
     k = max(len(r.sequences) for r in train_set + eval_set)  # one K for every batch: fixed shapes
 
     reward_model = RewardModel(load_lm(cfg.model, tokenizer.vocab_size, lora=cfg.lora))
@@ -221,59 +196,33 @@ def train_rm(cfg: RMConfig, resume: Optional[str] = None) -> dict:
     if cfg.lora.enabled and cfg.lora.dropout > 0:
         evaluate = with_dropout(reward_model, evaluate)
 
-    stage = Stage(
+    def export(run_dir):
+        reward_model.set_train(False)
+        model_dir = os.path.join(run_dir, "model")
+        export_reward_model(reward_model, tokenizer, cfg, model_dir)
+        stats = stats_on(eval_set or train_set)
+        stats["reference"] = "held-out rankings" if eval_set else "training rankings (no held-out set)"
+        write_stats(stats, model_dir)
+
+    stage = SupervisedStage(
         records=train_set,
         make_batch=lambda items, norm: batch_tensors(items, pad, k, data.pad_multiple, data.max_length, norm),
         count=len,  # prompts: every ranking has K >= 2, so every one is a term of the loss
         updater=updater,
         cells={"model": TrainableParams(reward_model)},
+        loop=cfg.train,
+        seed=cfg.runtime.seed,
         evaluate=evaluate,
         describe_aux=_train_accuracy,
         unit="prompt",
+        export=export,
     )
-    final = run_loop(stage, cfg.train, cfg.out_dir, cfg.runtime.seed, resume)
-    reward_model.set_train(False)
-    if rt.is_main:
-        model_dir = os.path.join(cfg.out_dir, "model")
-        export_reward_model(reward_model, tokenizer, cfg, model_dir)
-        stats = stats_on(eval_set or train_set)
-        stats["reference"] = "held-out rankings" if eval_set else "training rankings (no held-out set)"
-        write_stats(stats, model_dir)
-    return final
+    return run_loop(stage, cfg.train, cfg.out_dir, resume)
 
 
 def _train_accuracy(auxes) -> dict:
     total = np.sum(np.stack(auxes), axis=0)  # [Σ accuracy, prompts] over the micro-batches
     return {"accuracy": float(total[0] / max(total[1], 1.0))}
-
-
-def export_reward_model(reward_model: RewardModel, tokenizer, cfg, directory: str) -> None:
-    """Trunk as a HuggingFace folder + tokenizer + config (as SFT writes them), plus the scalar head."""
-    from safetensors.numpy import save_file
-
-    export_model(reward_model.trunk, tokenizer, cfg, directory, base=cfg.model)
-    head = {"weight": reward_model.head.weight.asnumpy(), "bias": reward_model.head.bias.asnumpy()}
-    atomic_write(os.path.join(directory, HEAD_FILE), lambda tmp: save_file(head, tmp))
-
-
-def load_reward_model(directory: str, compute_dtype: str = "") -> RewardModel:
-    """Read back what :func:`export_reward_model` wrote: trunk from the HuggingFace files, head from
-    ``reward_head.safetensors``. The tokenizer is ``Tokenizer.load(directory)``."""
-    from ..nn.hf import read_safetensors
-
-    head_path = os.path.join(directory, HEAD_FILE)
-    if not os.path.isfile(head_path):
-        raise FileNotFoundError(f"{head_path} not found: {directory} is not a reward model folder "
-                                "(expected the model/ folder a `mindrlhf rm` run writes)")
-    reward_model = RewardModel(CausalLM.from_pretrained(directory, compute_dtype=compute_dtype or None))
-    head = read_safetensors(head_path)
-    for name, param in (("weight", reward_model.head.weight), ("bias", reward_model.head.bias)):
-        if name not in head or tuple(head[name].shape) != tuple(param.shape):
-            got = tuple(head[name].shape) if name in head else "missing"
-            raise ValueError(f"{head_path}: '{name}' is {got}, expected shape {tuple(param.shape)} "
-                             "for this trunk's hidden size")
-        param.set_data(ms.Tensor(np.asarray(head[name], np.float32)))
-    return reward_model
 
 
 def evaluate_rm(model_dir: str, rankings_file: str, batch_size: int = 16, max_length: int = 0,

@@ -16,7 +16,6 @@ import os
 from typing import Optional
 
 import mindspore as ms
-import numpy as np
 from mindspore import nn, ops
 
 from .. import runtime
@@ -25,28 +24,23 @@ from ..config import field, require, save_config
 from ..data.batching import sft_batch
 from ..data.encoding import encode_demonstrations
 from ..data.formats import load_demonstrations
-from ..data.tokenizer import Tokenizer
-from ..nn.gguf import is_gguf
-from ..nn.lora import ADAPTER_FILE, LoRAConfig, TrainableParams, has_lora, save_adapters
+from ..nn.lora import LoRAConfig, TrainableParams
 from ..roles import load_lm
 from ..runtime import RuntimeConfig
-from .loop import LoopConfig, Stage, run_loop
+from .artifacts import export_model, resolve_tokenizer
+from .loop import run_loop
 from .step import OptimConfig, Updater
+from .supervised import DataConfig, LoopConfig, SupervisedStage, split_heldout, with_dropout
 
 
 @dataclasses.dataclass
-class SFTDataConfig:
+class SFTDataConfig(DataConfig):
     train: str = field("", "demonstrations JSONL (or .mindrecord) to train on")
     eval: str = field("", "held-out demonstrations; empty = hold out eval_fraction of train")
-    eval_fraction: float = field(0.05, "fraction of train held out when eval is empty")
-    max_length: int = field(128, "longest prompt+response in tokens; longer lines are errors (or skipped)")
-    pad_multiple: int = field(32, "pad each batch to a multiple of this (few distinct shapes = few compiles)")
-    skip_invalid: bool = field(False, "skip malformed or too-long lines (counted and logged) instead of stopping")
 
     def validate(self):
         require(bool(self.train), "data.train", "set the demonstrations file, e.g. data.train=demos.jsonl")
-        require(0 <= self.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
-        require(self.max_length > 1, "data.max_length", "must be > 1")
+        super().validate()
 
 
 @dataclasses.dataclass
@@ -75,32 +69,6 @@ class SFTLoss(nn.Cell):
         mask = loss_mask[:, 1:].astype(ms.float32)
         nll = -ops.reduce_sum(logprobs * mask)
         return nll / normalizer, nll
-
-
-def resolve_tokenizer(cfg_tokenizer: str, model: str) -> Tokenizer:
-    source = cfg_tokenizer or (model if os.path.isdir(model) or is_gguf(model) else "")
-    if not source:
-        raise FileNotFoundError("no tokenizer: set tokenizer=DIR (train one with `mindrlhf tokenizer train`) "
-                                "or start from a model folder that holds one")
-    return Tokenizer.load(source)
-
-
-def split_eval(records, data_cfg, tokenizer, seed, encode_file=None):
-    """(train, eval) encoded records: the eval file, or a seeded held-out slice of train.
-
-    ``encode_file(path)`` reads and encodes the eval file; the default reads demonstrations (other
-    stages pass their own format's reader).
-    """
-    if data_cfg.eval:
-        if encode_file is None:
-            held = encode_demonstrations(load_demonstrations(data_cfg.eval, data_cfg.skip_invalid), tokenizer,
-                                         data_cfg.max_length, data_cfg.skip_invalid)
-        else:
-            held = encode_file(data_cfg.eval)
-        return list(records), list(held)
-    perm = np.random.default_rng(seed).permutation(len(records))
-    n_eval = int(round(len(records) * data_cfg.eval_fraction))
-    return [records[i] for i in perm[n_eval:]], [records[i] for i in perm[:n_eval]]
 
 
 def batch_tensors(items, pad_id: int, pad_multiple: int, max_length: int, normalizer: float):
@@ -132,11 +100,16 @@ def train_sft(cfg: SFTConfig, resume: Optional[str] = None) -> dict:
     if rt.is_main:
         save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
     tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.model)
-    demos = load_demonstrations(cfg.data.train, cfg.data.skip_invalid)
-    encoded = encode_demonstrations(demos, tokenizer, cfg.data.max_length, cfg.data.skip_invalid)
-    if encoded.skipped:
-        print(f"[sft] skipped {encoded.skipped} invalid lines; first: {encoded.skip_reasons[:1]}")
-    train_set, eval_set = split_eval(encoded, cfg.data, tokenizer, cfg.runtime.seed)
+    data = cfg.data
+
+    def encode_file(path):
+        encoded = encode_demonstrations(load_demonstrations(path, data.skip_invalid), tokenizer, data.max_length,
+                                        data.skip_invalid)
+        if encoded.skipped:
+            print(f"[sft] {path}: skipped {encoded.skipped} invalid lines; first: {encoded.skip_reasons[:1]}")
+        return encoded
+
+    train_set, eval_set = split_heldout(encode_file(data.train), data, cfg.runtime.seed, encode_file)
 
     model = load_lm(cfg.model, tokenizer.vocab_size, lora=cfg.lora)
     loss_cell = SFTLoss(model)
@@ -146,49 +119,24 @@ def train_sft(cfg: SFTConfig, resume: Optional[str] = None) -> dict:
     pad = tokenizer.pad_id
 
     def evaluate():
-        return {"eval_loss": heldout_loss(loss_cell, eval_set, pad, cfg.data, per_rank)} if eval_set else {}
+        return {"eval_loss": heldout_loss(loss_cell, eval_set, pad, data, per_rank)} if eval_set else {}
 
     if cfg.lora.enabled and cfg.lora.dropout > 0:
         evaluate = with_dropout(model, evaluate)
 
-    stage = Stage(
+    def export(run_dir):
+        model.set_train(False)
+        export_model(model, tokenizer, cfg, os.path.join(run_dir, "model"), base=cfg.model)
+
+    stage = SupervisedStage(
         records=train_set,
-        make_batch=lambda items, norm: batch_tensors(items, pad, cfg.data.pad_multiple, cfg.data.max_length, norm),
+        make_batch=lambda items, norm: batch_tensors(items, pad, data.pad_multiple, data.max_length, norm),
         count=response_tokens,
         updater=updater,
         cells={"model": TrainableParams(model)},
+        loop=cfg.train,
+        seed=cfg.runtime.seed,
         evaluate=evaluate,
+        export=export,
     )
-    final = run_loop(stage, cfg.train, cfg.out_dir, cfg.runtime.seed, resume)
-    model.set_train(False)
-    if rt.is_main:
-        export_model(model, tokenizer, cfg, os.path.join(cfg.out_dir, "model"), base=cfg.model)
-    return final
-
-
-def with_dropout(model, evaluate):
-    """Put ``model`` in training mode (LoRA dropout on) and return ``evaluate`` wrapped to run in eval
-    mode. Only the Python flag flips; the train step and the evaluation forward are separate graphs."""
-    model.set_train(True)
-
-    def wrapped():
-        model.set_train(False)
-        try:
-            return evaluate()
-        finally:
-            model.set_train(True)
-
-    return wrapped
-
-
-def export_model(model, tokenizer, cfg, directory: str, base: str = "") -> None:
-    """The stage's product: a HuggingFace folder with the tokenizer and the config that made it.
-
-    A LoRA model is written merged (W + scale·BA: transformers and the next stage load it as a plain
-    model) and its adapters alone go to ``lora_adapters.safetensors``, to reload on ``base`` with
-    :func:`mindrlhf.nn.lora.load_adapters`."""
-    if has_lora(model):
-        save_adapters(model, os.path.join(directory, ADAPTER_FILE), base=base)
-    model.save_pretrained(directory)  # merged when adapters are attached
-    tokenizer.save(directory)
-    save_config(cfg, os.path.join(directory, "mindrlhf_config.yaml"))
+    return run_loop(stage, cfg.train, cfg.out_dir, resume)

@@ -47,7 +47,8 @@ def make_task(root):
             prompts.append(text)
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
 
-    from mindrlhf.trainers.reward import RMConfig, export_reward_model, write_stats
+    from mindrlhf.trainers.artifacts import export_reward_model, write_stats
+    from mindrlhf.trainers.reward import RMConfig
 
     # one layer: compiling the rollout, scoring and train graphs is most of these tests' time
     config = ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,

@@ -19,7 +19,8 @@ from mindrlhf.roles import Policy, RewardModel, load_lm
 from mindrlhf.trainers.experience import response_slice
 from mindrlhf.trainers.metrics import read_metrics
 from mindrlhf.trainers.ppo import PPOConfig, PPOTrainer
-from mindrlhf.trainers.reward import RMConfig, export_reward_model, load_reward_model, write_stats
+from mindrlhf.trainers.artifacts import export_reward_model, load_reward_model, write_stats
+from mindrlhf.trainers.reward import RMConfig
 from mindrlhf.trainers.sft import SFTConfig, train_sft
 
 N, P = 8, 16  # response columns; prompt bucket (every prompt here fits)

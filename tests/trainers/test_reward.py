@@ -11,8 +11,8 @@ from mindrlhf.data.formats import DataError
 from mindrlhf.data.tokenizer import Tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.roles import RewardModel
-from mindrlhf.trainers.reward import (RMConfig, RMLoss, batch_tensors, export_reward_model, load_reward_model,
-                                      ranking_stats, score_rankings, train_rm)
+from mindrlhf.trainers.artifacts import export_reward_model, load_reward_model
+from mindrlhf.trainers.reward import RMConfig, RMLoss, batch_tensors, ranking_stats, score_rankings, train_rm
 from mindrlhf.trainers.step import OptimConfig, Updater
 
 K, PAD_MULTIPLE, MAX_LEN = 3, 16, 32

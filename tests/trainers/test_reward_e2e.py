@@ -16,7 +16,8 @@ from mindrlhf.data.formats import load_rankings, write_jsonl
 from mindrlhf.data.tokenizer import train_tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.trainers.metrics import read_metrics
-from mindrlhf.trainers.reward import RMConfig, load_reward_model, read_stats, train_rm
+from mindrlhf.trainers.artifacts import load_reward_model, read_stats
+from mindrlhf.trainers.reward import RMConfig, train_rm
 
 N_TRAIN, N_HELDOUT, K = 600, 150, 4
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "rm_builtin.yaml"
