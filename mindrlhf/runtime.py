@@ -24,7 +24,8 @@ class RuntimeConfig:
     seed: int = field(0, "global seed for MindSpore, numpy and Python")
     jit_level: str = field("", "MindSpore jit level O0/O1/O2; empty = MindSpore's default")
     graph_kernel: bool = field(False, "MindSpore graph-kernel fusion (AKG): on CPU it halved GPT-2's generation "
-                                      "memory but compiles up to 3.4x longer and slowed the tiny model (README)")
+                                      "memory but compiles up to 3.4x longer and slowed the tiny model "
+                                      "(docs/performance.md)")
     device_id: int = field(-1, "device index; -1 = from the environment (msrun sets it per worker)")
 
     def validate(self):

@@ -8,11 +8,10 @@ between rollouts) is seen by the next call without recompiling.
 
 Why one graph for the whole loop: with the loop inside the graph, N tokens cost one call instead of
 N calls with their launch and host round trips; the loop is a `while` over a step-counter tensor, so
-it is compiled once as a loop, not unrolled N times. It measured 2-5x faster per token than one
-compiled call per step. Why in-place caches: with caches as loop-carried tensors, a compiled while
-loop kept every step's new cache alive (peak memory grew by one cache per token: >18 GB for GPT-2
-small, batch 8, 128 tokens). `decode_graph="step"` keeps the per-step form (one compiled call per
-token, same caches) as a fallback.
+it is compiled once as a loop, not unrolled N times. Why in-place caches: with caches as loop-carried
+tensors, a compiled while loop keeps every step's new cache alive (peak memory grows by one cache per
+token). Figures: docs/performance.md. `decode_graph="step"` keeps the per-step form (one compiled
+call per token, same caches) as a fallback.
 """
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -148,7 +147,7 @@ class DecodeLoop(nn.Cell):
         step = Tensor(1, ms.int32)
         while ops.logical_and(step < self.n, ops.logical_not(done.all())):
             slot = p + step - 1                        # the cache slot of the token just chosen
-            # select, not maximum: MindSpore's CPU Maximum on int32 [32, 192] cost 0.28 ms per step, a select 0.04 ms
+            # select, not maximum: MindSpore's CPU int32 Maximum is slow here (docs/performance.md)
             key_mask = ops.select(slots == slot, opened, key_mask)
             logits = self.model.decode_step(token, position, key_mask, slot, self.cache.keys, self.cache.values)
             position = position + 1

@@ -59,12 +59,9 @@ class Embedding(nn.Cell):
 class RMSNorm(nn.Cell):
     """y = x / sqrt(mean(x^2) + eps) * g   (Zhang & Sennrich, 2019).
 
-    Written around two slow paths of MindSpore's CPU kernels: ReduceMean, and multiplies that broadcast a
-    row or a vector over a full-size operand. The sum of squares is a matmul with a column of ones, then
-    scaled by 1/D (a column of 1/D rounds each term and moved SmolLM2's logits further from float64), and
-    g is folded into the per-row factor before the one full-size multiply. In a compiled loop this took
-    1.9 ms on [32, 64, 576] (SmolLM2's prefill) against 3.9 ms for mean/rsqrt/multiply/multiply, and
-    0.07 against 0.09 ms on [32, 1, 576]; torch's RMSNorm takes 1.05 and 0.02 ms."""
+    MindSpore's CPU ReduceMean and broadcasting multiplies are slow, so the sum of squares is a matmul with a
+    column of ones, scaled by 1/D afterwards (a column of 1/D would round each term), and g is folded into
+    the per-row factor before the one full-size multiply. Figures: docs/performance.md."""
 
     def __init__(self, dim, eps):
         super().__init__()
@@ -100,9 +97,8 @@ GELU_C = 2.0 * math.sqrt(2.0 / math.pi)  # 0.5 (1 + tanh(z)) = sigmoid(2 z)
 def gelu_tanh(x):
     """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as x sigmoid(2 sqrt(2/pi) (...)).
 
-    The same function, and on MindSpore's CPU the faster and more exact form: ops.gelu(approximate="tanh")
-    took 1.08 ms on [32, 1, 3072] in a compiled loop and this 0.19 ms; against a float64 reference its
-    error is 5.6e-7, where the tanh form written with ops.tanh is off by 1.9e-4 (a coarse CPU tanh)."""
+    The same function; on MindSpore's CPU this form is faster than ops.gelu(approximate="tanh") and closer
+    to float64 than one written with the coarse CPU ops.tanh. Figures: docs/performance.md."""
     return x * ops.sigmoid(GELU_C * (x + 0.044715 * x * x * x))
 
 
@@ -171,8 +167,8 @@ class Attention(nn.Cell):
 
         Grouped-query heads are not given copies of their key/value head: the G query heads that share
         one are laid side by side as G·T query rows against it ([B, KV, G·T, D] x [B, KV, S, D]), a
-        reshape, where repeating K and V per query head copied the whole cache G-fold at every decode
-        step (SmolLM2, G = 3, batch 32, 192 slots: 0.85 GB written per token)."""
+        reshape; repeating K and V per query head would copy the whole cache G-fold at every decode step
+        (docs/performance.md)."""
         b, t, s = q.shape[0], q.shape[2], k.shape[2]
         kv, g = self.num_kv_heads, self.groups
         q = q.reshape(b, kv, g * t, self.head_dim)
@@ -229,13 +225,12 @@ class DecoderLayer(nn.Cell):
     def decode(self, x, cos, sin, bias, k_cache, v_cache, slot):
         """One new token per row: add its key/value into slot `slot` ([1] int32) of the cache Parameters
         [B, KV, S, D], in place, then attend over the whole static-size cache (bias hides empty and padded
-        slots). In place, because a functional update makes a new cache per step, and a compiled while
-        loop kept every one of them alive (memory grew by a cache per token).
+        slots). In place, because a functional update makes a new cache per step and a compiled while
+        loop keeps every one of them alive (memory grows by a cache per token).
 
         An add along the slot axis writes the key exactly because prefill zeroed every slot after the
-        prompt and each slot is written once. It is the cheap in-place write on MindSpore's CPU: the
-        scatter_nd_update of one slot per (row, head) cost 1.5 ms per cache of [32, 12, 192, 64] in a
-        compiled loop, index_add 0.02 ms (GPT-2 at batch 32: a third of the decode loop's kernel time)."""
+        prompt and each slot is written once; on MindSpore's CPU it is far cheaper than scatter_nd_update,
+        which copies the whole cache (docs/performance.md)."""
         q, k, v = self.attn.project(self.attn_norm(x), cos, sin)
         k_all = ops.index_add(k_cache, slot, k, 2)
         v_all = ops.index_add(v_cache, slot, v, 2)

@@ -80,7 +80,7 @@ class CausalLM(nn.Cell):
             x = x + self.embed_positions(positions)
             return x, self.rope_cos, self.rope_sin
         # [B, T, H + KV, D], built once per pass for all layers: full size, because MindSpore's CPU
-        # multiplies are slow when they broadcast (see layers.RMSNorm)
+        # multiplies are slow when they broadcast (docs/performance.md)
         cos = ops.gather(self.rope_cos, positions, 0).expand_dims(2) * self.rope_head_scale
         sin = ops.gather(self.rope_sin, positions, 0).expand_dims(2) * self.rope_head_scale
         return x, cos, sin
@@ -121,7 +121,7 @@ class CausalLM(nn.Cell):
             ops.assign(k_caches[i], ops.concat((keys[i], zeros), 2))
             ops.assign(v_caches[i], ops.concat((values[i], zeros), 2))
         # [B, 1, V] -> [B, V] by reshape: picking index 0 of a middle axis (`[:, 0, :]`) runs MindSpore's
-        # slow strided-slice path on CPU, 38 ms for [32, 1, 50257] against ~1 ms for a copy of that size
+        # slow strided-slice path on CPU (docs/performance.md)
         return self.logits_from_hidden(self.final_norm(x[:, -1:, :])).reshape(b, self.vocab_size)
 
     def decode_step(self, token, position, key_mask, write_pos, k_caches, v_caches):
