@@ -135,6 +135,7 @@ def _done(model_dir: str) -> bool:
 
 
 def _resume_from(stage_dir: str) -> Optional[str]:
+    # A stage folder without a checkpoint is the pipeline's own unfinished start: it is overwritten.
     return stage_dir if os.path.isfile(os.path.join(stage_dir, "checkpoints", "latest")) else None
 
 
@@ -193,7 +194,7 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     if not _done(os.path.join(cfg.sft.out_dir, "model")):
         from .trainers.sft import train_sft
 
-        timed("sft", lambda: _call(iso, train_sft, cfg.sft, resume=_resume_from(cfg.sft.out_dir)))
+        timed("sft", lambda: _call(iso, train_sft, cfg.sft, resume=_resume_from(cfg.sft.out_dir), overwrite=True))
     sft_model = os.path.join(cfg.sft.out_dir, "model")
 
     def rank(policy_dir: str, out_file: str, seed: int):
@@ -210,9 +211,9 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
         from .trainers.reward import train_rm
 
         if not _done(os.path.join(rm_cfg.out_dir, "model")):
-            timed(f"rm{name}", lambda: _call(iso, train_rm, rm_cfg, resume=_resume_from(rm_cfg.out_dir)))
+            timed(f"rm{name}", lambda: _call(iso, train_rm, rm_cfg, resume=_resume_from(rm_cfg.out_dir), overwrite=True))
         if not _done(os.path.join(ppo_cfg.out_dir, "model")):
-            timed(f"ppo{name}", lambda: _call(iso, train_ppo, ppo_cfg, resume=_resume_from(ppo_cfg.out_dir)))
+            timed(f"ppo{name}", lambda: _call(iso, train_ppo, ppo_cfg, resume=_resume_from(ppo_cfg.out_dir), overwrite=True))
 
     if not os.path.isfile(cfg.rm.data.train):
         timed("rankings", lambda: rank(sft_model, cfg.rm.data.train, cfg.runtime.seed))

@@ -61,7 +61,8 @@ class CheckpointManager:
         if not is_main:
             return None
         os.makedirs(self.root, exist_ok=True)
-        name = f"step_{step:08d}"
+        self.clean_temporary()
+        name = _name(step)
         final = os.path.join(self.root, name)
         tmp = os.path.join(self.root, f".tmp-{name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,34 +78,84 @@ class CheckpointManager:
             shutil.rmtree(final)
         os.replace(tmp, final)
         atomic_write_text(os.path.join(self.root, "latest"), name)
-        self._prune()
+        self._prune(step)
         return final
 
-    def _prune(self) -> None:
-        done = sorted(d for d in os.listdir(self.root) if d.startswith("step_"))
-        for old in done[: max(0, len(done) - self.keep)]:
-            shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+    def _prune(self, step: int) -> None:
+        """Keep the ``keep`` checkpoints with the highest step numbers up to ``step`` (the one just written)."""
+        steps = sorted(n for n in self.steps() if n <= step)
+        for old in steps[: max(0, len(steps) - max(1, self.keep))]:
+            shutil.rmtree(os.path.join(self.root, _name(old)), ignore_errors=True)
+
+    def steps(self) -> list[int]:
+        """Step numbers of the complete checkpoint folders (``step_<n>``; temporary folders excluded)."""
+        if not os.path.isdir(self.root):
+            return []
+        out = []
+        for d in os.listdir(self.root):
+            if d.startswith("step_") and d[5:].isdigit() and os.path.isdir(os.path.join(self.root, d)):
+                out.append(int(d[5:]))
+        return sorted(out)
 
     def latest(self) -> Optional[str]:
+        """The newest complete checkpoint: the one ``latest`` names, or the highest step folder when the
+        pointer is missing or names a folder that is gone."""
+        candidates = self.candidates()
+        return candidates[0] if candidates else None
+
+    def candidates(self) -> list[str]:
+        """Checkpoint folders to resume from, best first: ``latest``'s, then the others by step, newest first."""
+        folders = [os.path.join(self.root, _name(n)) for n in reversed(self.steps())]
         pointer = os.path.join(self.root, "latest")
-        if not os.path.isfile(pointer):
-            return None
-        with open(pointer, encoding="utf-8") as fh:
-            path = os.path.join(self.root, fh.read().strip())
-        return path if os.path.isdir(path) else None
+        if os.path.isfile(pointer):
+            with open(pointer, encoding="utf-8") as fh:
+                named = os.path.join(self.root, fh.read().strip())
+            if named in folders:
+                folders.remove(named)
+                folders.insert(0, named)
+        return folders
+
+    def clean_temporary(self) -> None:
+        """Remove ``.tmp-*`` folders that a run killed in the middle of a save left behind."""
+        if os.path.isdir(self.root):
+            for d in os.listdir(self.root):
+                if d.startswith(".tmp-"):
+                    shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)
 
     @staticmethod
     def load(path: str, cells: dict, updaters: dict) -> dict:
-        """Restore ``cells`` and ``updaters`` from checkpoint folder ``path``; return its state dict."""
+        """Restore ``cells`` and ``updaters`` from checkpoint folder ``path``; return its state dict.
+        A missing or unreadable file raises :class:`CheckpointError` naming it."""
         for key, cell in cells.items():
-            load_cell_weights(cell, os.path.join(path, f"{key}.safetensors"))
+            _read(os.path.join(path, f"{key}.safetensors"), lambda f, c=cell: load_cell_weights(c, f))
         for key, updater in updaters.items():
-            optim_file = os.path.join(path, f"{key}.optim.ckpt")
-            if not os.path.isfile(optim_file):
-                raise FileNotFoundError(f"{optim_file}: optimizer state not found; the checkpoint is incomplete")
-            updater.load_state_dict(ms.load_checkpoint(optim_file))
-        with open(os.path.join(path, "state.json"), encoding="utf-8") as fh:
-            state = json.load(fh)
+            _read(os.path.join(path, f"{key}.optim.ckpt"), lambda f, u=updater: u.load_state_dict(ms.load_checkpoint(f)))
+        state = _read(os.path.join(path, "state.json"), _read_json)
         for updater in updaters.values():
             updater.step_count = state.get("optimizer_steps", state["step"])
         return state
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated or corrupt; the message starts with its path."""
+
+
+def _read(path: str, read):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not found; the checkpoint is incomplete")
+    try:
+        return read(path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        state = json.load(fh)
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("expected a JSON object with a 'step'")
+    return state
+
+
+def _name(step: int) -> str:
+    return f"step_{step:08d}"

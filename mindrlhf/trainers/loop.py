@@ -11,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
+import signal
+import sys
+import threading
 import time
 from typing import Optional
 
 from .. import runtime
-from ..config import field, require
-from .checkpoint import CheckpointManager, save_cell_weights
+from ..config import field, require, save_config
+from .checkpoint import CheckpointError, CheckpointManager, save_cell_weights
 from .metrics import MetricsLogger, plot_metrics
 
 
@@ -83,48 +87,89 @@ class Stage:
         """Write the stage's product (``run_dir/model``); called on rank 0 after the last step."""
 
 
-def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optional[str] = None) -> dict:
-    """Train ``stage`` to its end (from ``resume``'s newest checkpoint when given); return the last metrics."""
+RUN_PRODUCTS = ("checkpoints", "metrics.jsonl", "metrics.png", "model")  # what a run writes into its folder
+
+
+class RunDirError(ValueError):
+    """A fresh run pointed at a folder that holds an earlier run."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the loop finished the step, saved a checkpoint and stopped. ``exit_code`` is 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def prepare_run_dir(run_dir: str, resume: Optional[str] = None, overwrite: bool = False) -> None:
+    """Refuse a fresh run into a folder that holds an earlier run, unless ``overwrite``: then the files a
+    run owns there (checkpoints, metrics, model) are removed first. Anything else in the folder is kept."""
+    if resume or not runtime.current().is_main:
+        return
+    used = [name for name in RUN_PRODUCTS if os.path.exists(os.path.join(run_dir, name))]
+    if used and not overwrite:
+        raise RunDirError(f"{run_dir}: holds an earlier run ({', '.join(used)}); continue it with --resume "
+                          f"{run_dir}, start over with --overwrite, or choose another out_dir")
+    for name in used:
+        path = os.path.join(run_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optional[str] = None,
+             config=None) -> dict:
+    """Train ``stage`` to its end (from ``resume``'s newest readable checkpoint when given); return the last
+    metrics. ``config``, when given, is written to ``run_dir/config.yaml`` once the stage is built (its
+    inputs read and checked) and the checkpoint loaded."""
     rt = runtime.current()
     total = stage.total_steps
     ckpt = CheckpointManager(run_dir, keep=cadence.keep_checkpoints)
     cells, updaters = stage.cells(), stage.updaters()
-
-    start = 0
-    if resume:
-        path = CheckpointManager(resume, keep=cadence.keep_checkpoints).latest()
-        if path is None:
-            raise FileNotFoundError(f"{resume}: no complete checkpoint to resume from (checkpoints/latest missing)")
-        state = CheckpointManager.load(path, cells, updaters)
-        stage.restore(state)
-        start = state["step"]
+    start = _restore(stage, cells, updaters, resume) if resume else 0
+    if rt.is_main and config is not None:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(config, os.path.join(run_dir, "config.yaml"))
     logger = MetricsLogger(run_dir, rt.is_main, resume_step=start if resume else None)
 
-    bar = _progress(cadence.progress and rt.is_main, total, start, stage.name)
+    interactive = cadence.progress and rt.is_main and sys.stderr.isatty()
+    bar = _progress(interactive, total, start, stage.name)
+    if rt.is_main and start < total:
+        print(f"[{stage.name}] compiling the graphs of step {start + 1} (the first step of a run takes longest)",
+              flush=True)
     final: dict = {}
     window_units, window_time = 0, time.perf_counter()
-    for step in range(start, total):
-        metrics, units = stage.step(step)
-        done = step + 1
-        _guard(stage, metrics, done)
-        window_units += units
-        logged = done % cadence.log_every == 0 or done == total
-        if logged and stage.unit:
-            elapsed = time.perf_counter() - window_time
-            metrics[f"{stage.unit}_per_s"] = window_units / max(elapsed, 1e-9)
-            window_units, window_time = 0, time.perf_counter()
-        if (cadence.eval_every and done % cadence.eval_every == 0) or done == total:
-            metrics.update(stage.evaluate())
-        if logged or any(k.startswith("eval_") for k in metrics):
-            logger.log(done, metrics)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(**stage.postfix(metrics))
-        if (cadence.save_every and done % cadence.save_every == 0) or done == total:
-            stage.before_save()
-            ckpt.save(done, cells, updaters, stage.state(), rt.is_main)
-            dump_rank_weights(cells, rt.rank, done)
-        final = metrics
+    with _StopSignals() as stop:
+        for step in range(start, total):
+            metrics, units = stage.step(step)
+            stop.rearm()
+            done = step + 1
+            _guard(stage, metrics, done)
+            window_units += units
+            logged = done % cadence.log_every == 0 or done == total
+            if logged and stage.unit:
+                elapsed = time.perf_counter() - window_time
+                metrics[f"{stage.unit}_per_s"] = window_units / max(elapsed, 1e-9)
+                window_units, window_time = 0, time.perf_counter()
+            if (cadence.eval_every and done % cadence.eval_every == 0) or done == total:
+                metrics.update(stage.evaluate())
+            if logged or any(k.startswith("eval_") for k in metrics):
+                logger.log(done, metrics)
+                if bar is None and rt.is_main:
+                    print(_plain_line(stage.name, done, total, metrics), flush=True)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(**stage.postfix(metrics))
+            saving = (cadence.save_every and done % cadence.save_every == 0) or done == total
+            if saving or stop.signum:
+                stage.before_save()
+                ckpt.save(done, cells, updaters, stage.state(), rt.is_main)
+                dump_rank_weights(cells, rt.rank, done)
+            final = metrics
+            if stop.signum and done < total:
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} after step {done}/{total}; "
+                                  f"checkpoint saved: continue with --resume {run_dir}", 128 + stop.signum)
     if bar is not None:
         bar.close()
     if rt.is_main:
@@ -133,11 +178,66 @@ def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optiona
     return final
 
 
+def _restore(stage: Stage, cells: dict, updaters: dict, resume: str) -> int:
+    """Load the newest readable checkpoint under ``resume`` (falling back past corrupt ones); its step."""
+    candidates = CheckpointManager(resume).candidates()
+    if not candidates:
+        raise FileNotFoundError(f"{resume}: no complete checkpoint to resume from (no checkpoints/step_* folder)")
+    for i, path in enumerate(candidates):
+        try:
+            state = CheckpointManager.load(path, cells, updaters)
+        except CheckpointError as err:
+            if i + 1 == len(candidates):
+                raise
+            print(f"[{stage.name}] {err}; resuming from the previous checkpoint instead", flush=True)
+            continue
+        stage.restore(state)
+        return int(state["step"])
+    raise AssertionError("unreachable")
+
+
+def _plain_line(name: str, done: int, total: int, metrics: dict) -> str:
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                     if isinstance(v, (int, float)) and not k.startswith("time_"))
+    return f"[{name}] step {done}/{total} {shown}"
+
+
+class _StopSignals:
+    """Records SIGINT/SIGTERM instead of dying, so the loop can finish the step and save first."""
+
+    def __init__(self):
+        self.signum, self._old = 0, {}
+
+    def _handle(self, signum, _frame):
+        if self.signum:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def rearm(self) -> None:
+        """Install the handlers again: MindSpore's runtime registers its own SIGINT handler while it runs a
+        graph, and a Ctrl-C landing there reaches this handler as SIGTERM (exit 143 instead of 130)."""
+        for sig in self._old:
+            signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def _guard(stage: Stage, metrics: dict, done: int) -> None:
     bad = [k for k in stage.guarded if k in metrics and not math.isfinite(float(metrics[k]))]
     if bad:
-        raise DivergedError(f"step {done}: {', '.join(f'{k}={metrics[k]}' for k in bad)}; the run stopped "
-                            "before saving this step (lower the learning rate, or resume from the last checkpoint)")
+        raise DivergedError(f"diverged at step {done}: {', '.join(f'{k}={metrics[k]}' for k in bad)}; nothing "
+                            "of this step was saved (lower the learning rate, or resume from the last checkpoint)")
 
 
 RANK_WEIGHTS_ENV = "MINDRLHF_RANK_WEIGHTS_DIR"

@@ -30,7 +30,7 @@ from mindspore import nn
 from .. import runtime
 from ..algos import AdaptiveKLController, FixedKLController, adapt_kl_penalty, agg_loss, entropy_from_logits
 from ..algos import get_policy_loss, value_loss
-from ..config import require, save_config
+from ..config import require
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
@@ -40,7 +40,7 @@ from ..roles import Critic, Policy, frozen, ppo_roles
 from .artifacts import export_model, load_reward_model, read_stats
 from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
 from .experience import response_slice
-from .loop import CadenceConfig, Stage, run_loop
+from .loop import CadenceConfig, Stage, prepare_run_dir, run_loop
 from .ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig  # noqa: F401 (re-exported)
 from .step import Updater
 from .supervised import DataOrder
@@ -316,13 +316,11 @@ class PPOTrainer(Stage):
         cfg = self.cfg
         cadence = CadenceConfig(log_every=cfg.log_every, eval_every=0, save_every=cfg.save_every,
                                 keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress)
-        return run_loop(self, cadence, cfg.out_dir, resume)
+        return run_loop(self, cadence, cfg.out_dir, resume, config=cfg)
 
 
-def train_ppo(cfg: PPOConfig, resume: Optional[str] = None) -> dict:
+def train_ppo(cfg: PPOConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict:
     """Run PPO; write ``out_dir/model`` (the policy as a HuggingFace folder + tokenizer)."""
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    trainer = PPOTrainer(cfg)
-    if trainer.rt.is_main:
-        save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+    trainer = PPOTrainer(cfg)  # sets the runtime up; writes nothing
+    prepare_run_dir(cfg.out_dir, resume, overwrite)
     return trainer.train(resume)

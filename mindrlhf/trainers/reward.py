@@ -25,7 +25,7 @@ from mindspore import nn, ops
 
 from .. import runtime
 from ..algos import pairwise_accuracy, ranking_loss
-from ..config import field, require, save_config
+from ..config import field, require
 from ..data.batching import ranking_batch
 from ..data.encoding import encode_rankings
 from ..data.formats import load_rankings
@@ -34,7 +34,7 @@ from ..nn.lora import LoRAConfig, TrainableParams
 from ..roles import RewardModel, load_lm
 from ..runtime import RuntimeConfig
 from .artifacts import export_reward_model, load_reward_model, resolve_tokenizer, write_stats
-from .loop import run_loop
+from .loop import prepare_run_dir, run_loop
 from .step import OptimConfig, Updater
 from .supervised import DataConfig, LoopConfig, SupervisedStage, split_heldout, with_dropout
 
@@ -160,12 +160,10 @@ def ranking_stats(rewards: np.ndarray, k_mask: np.ndarray, margin: float = 0.0) 
 # ------------------------------------------------------------------------------------ training
 
 
-def train_rm(cfg: RMConfig, resume: Optional[str] = None) -> dict:
+def train_rm(cfg: RMConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict:
     """Train the reward model; write ``out_dir/model`` (see module docstring). Returns the final metrics."""
     rt = runtime.setup(cfg.runtime)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if rt.is_main:
-        save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+    prepare_run_dir(cfg.out_dir, resume, overwrite)
     tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.model)
     data = cfg.data
 
@@ -217,7 +215,7 @@ def train_rm(cfg: RMConfig, resume: Optional[str] = None) -> dict:
         unit="prompt",
         export=export,
     )
-    return run_loop(stage, cfg.train, cfg.out_dir, resume)
+    return run_loop(stage, cfg.train, cfg.out_dir, resume, config=cfg)
 
 
 def _train_accuracy(auxes) -> dict:

@@ -20,7 +20,7 @@ from mindspore import nn, ops
 
 from .. import runtime
 from ..algos import logprobs_from_logits
-from ..config import field, require, save_config
+from ..config import field, require
 from ..data.batching import sft_batch
 from ..data.encoding import encode_demonstrations
 from ..data.formats import load_demonstrations
@@ -28,7 +28,7 @@ from ..nn.lora import LoRAConfig, TrainableParams
 from ..roles import load_lm
 from ..runtime import RuntimeConfig
 from .artifacts import export_model, resolve_tokenizer
-from .loop import run_loop
+from .loop import prepare_run_dir, run_loop
 from .step import OptimConfig, Updater
 from .supervised import DataConfig, LoopConfig, SupervisedStage, split_heldout, with_dropout
 
@@ -93,12 +93,10 @@ def heldout_loss(loss_cell, records, pad_id, data_cfg, batch_size) -> float:
     return total / max(count, 1)
 
 
-def train_sft(cfg: SFTConfig, resume: Optional[str] = None) -> dict:
+def train_sft(cfg: SFTConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict:
     """Run SFT; write ``out_dir/model`` (HuggingFace folder + tokenizer). Returns the final metrics."""
     rt = runtime.setup(cfg.runtime)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if rt.is_main:
-        save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+    prepare_run_dir(cfg.out_dir, resume, overwrite)
     tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.model)
     data = cfg.data
 
@@ -139,4 +137,4 @@ def train_sft(cfg: SFTConfig, resume: Optional[str] = None) -> dict:
         evaluate=evaluate,
         export=export,
     )
-    return run_loop(stage, cfg.train, cfg.out_dir, resume)
+    return run_loop(stage, cfg.train, cfg.out_dir, resume, config=cfg)
