@@ -20,7 +20,14 @@ from mindspore import nn, ops
 
 from .algos import logprobs_from_logits
 from .nn import CausalLM, ModelConfig, ScalarHead
+from .nn.gguf import is_gguf
 from .nn.lora import LoRAConfig, apply_lora, shared_copy
+
+
+def is_pretrained(spec: str) -> bool:
+    """True when model spec ``spec`` names pretrained weights (a HuggingFace folder, or a GGUF file or preset
+    name) rather than a model preset or YAML that starts from random weights."""
+    return os.path.isdir(spec) or is_gguf(spec)
 
 
 def load_lm(spec: str, vocab_size: int, compute_dtype: str = "", lora: Optional[LoRAConfig] = None) -> CausalLM:
@@ -48,9 +55,7 @@ def adapted_copy(base: CausalLM, lora: LoRAConfig) -> CausalLM:
 
 
 def _load(spec: str, vocab_size: int, compute_dtype: str) -> CausalLM:
-    from .nn.gguf import is_gguf
-
-    if os.path.isdir(spec) or is_gguf(spec):
+    if is_pretrained(spec):
         model = CausalLM.from_pretrained(spec, compute_dtype=compute_dtype or None)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"{spec}: the model's vocab_size {model.config.vocab_size} is smaller than the "
