@@ -24,8 +24,10 @@ from mindspore import nn
 
 from .config import field, require
 from .data.tokenizer import Tokenizer
+from .generation import generate_batches, generation_config, response_texts
 from .nn import CausalLM
-from .nn.generate import GenerationConfig, Generator
+from .nn.generate import Generator
+from .nn.hf import load_hf_folder
 from .roles import Policy
 from .trainers.experience import assemble
 
@@ -90,24 +92,22 @@ class Evaluator:
         self.ref = _SequenceLogprob(Policy(CausalLM.from_pretrained(reference_dir)), cfg.max_new_tokens)
 
     def answer(self, policy_dir: str, prompts: Sequence, decoding: str, name: str = "", seed: int = 0) -> PolicyAnswers:
-        """Answers of the policy in ``policy_dir``, scored by the reward model, the reference and the labeler."""
-        from .nn.hf import load_hf_folder
-
+        """Answers of the policy in ``policy_dir``, scored by the reward model, the reference and the labeler.
+        The batch of prompts ``i ..`` samples with seed ``seed + i``."""
         _, tensors = load_hf_folder(policy_dir)
         self.lm.assign_weights(tensors, source=policy_dir)
         cfg, tok = self.cfg, self.tokenizer
+        config = generation_config(tok, cfg.max_new_tokens, do_sample=decoding == "sample",
+                                   temperature=cfg.temperature, seed=seed)
         texts, rm, kl = [], [], []
-        for start in range(0, len(prompts), cfg.batch_size):
-            chunk = prompts[start : start + cfg.batch_size]
-            gen = self.generator.generate([p.input_ids for p in chunk], GenerationConfig(
-                max_new_tokens=cfg.max_new_tokens, do_sample=decoding == "sample", temperature=cfg.temperature,
-                eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, seed=seed + start))
+        for gen in generate_batches(self.generator, [p.input_ids for p in prompts], config, cfg.batch_size,
+                                    seed_stride=cfg.batch_size):
             ids, mask, response_mask, last = assemble(gen)
             args = (ms.Tensor(ids), ms.Tensor(mask))
             rm.append(self.reward_model(*args, ms.Tensor(last)).asnumpy())
             own, ref = self.own(*args, ms.Tensor(response_mask)), self.ref(*args, ms.Tensor(response_mask))
             kl.append(own.asnumpy() - ref.asnumpy())
-            texts += [tok.decode(r[m > 0]).strip() for r, m in zip(gen.response_ids, gen.response_mask)]
+            texts += [t.strip() for t in response_texts(tok, gen)]
         labels = None
         if self.labeler is not None:
             labels = np.array([self.labeler.score(p.text, t) for p, t in zip(prompts, texts)], np.float64)

@@ -19,80 +19,85 @@ size. The output file appears whole or not at all (written to a temporary file, 
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from . import runtime
 from .data.encoding import EncodedPrompt, encode_prompts
-from .data.formats import load_prompts, write_jsonl
+from .data.formats import atomic_write, load_prompts, write_jsonl
 from .data.tokenizer import Tokenizer
+from .nn.generate import GenerationConfig, GenerationOutput, Generator, batch_bucket
+from .roles import is_pretrained, load_lm
 from .runtime import RuntimeConfig
 
 
-def sampling_config(tokenizer, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                    seed: int = 0):
-    """A GenerationConfig for ``tokenizer``: temperature 0 = greedy (top-k/top-p then unused), > 0 = sampling."""
-    from .nn.generate import GenerationConfig
-
-    if temperature < 0:
-        raise ValueError(f"generate: temperature={temperature}; expected 0 (greedy) or a positive temperature")
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                              temperature=temperature if temperature > 0 else 1.0, top_k=top_k, top_p=top_p,
-                              eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id, seed=seed)
+def generation_config(tokenizer, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                      top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> GenerationConfig:
+    """A validated GenerationConfig that stops at ``tokenizer``'s EOS and pads with its pad id.
+    ``do_sample=False``: greedy (temperature, top_k, top_p unused)."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                              top_k=top_k, top_p=top_p, eos_token_id=tokenizer.eos_id,
+                              pad_token_id=tokenizer.pad_id, seed=seed)
     config.validate()
     return config
+
+
+def generate_batches(generator: Generator, prompts: Sequence[Sequence[int]], config: GenerationConfig,
+                     batch_size: int, samples_per_prompt: int = 1, seed_stride: int = 1, fill_last: bool = False,
+                     progress: bool = False) -> Iterator[GenerationOutput]:
+    """Generate for token-id ``prompts`` ``batch_size`` prompts a call; yield each call's output, in order.
+
+    A call's rows are its prompts, each repeated ``samples_per_prompt`` times in a row (prompt p's samples
+    are rows p·K .. p·K+K−1 of its output). Call b samples with seed ``config.seed + b * seed_stride``, so
+    a run is reproducible from its seed, batch size and stride. ``fill_last``: a short last call is filled
+    up with copies of its first row (dropped from the output) when that keeps the others' batch bucket: one
+    compiled graph fewer, for a few wasted rows (the filled call draws for more rows, so its samples differ
+    from an unfilled call's). ``progress``: a tqdm bar over the calls with the tokens generated per second.
+    """
+    if batch_size < 1:
+        raise ValueError(f"generate: batch_size={batch_size}; expected >= 1")
+    starts = range(0, len(prompts), batch_size)
+    full = batch_size * samples_per_prompt
+    bar = None
+    if progress:
+        bar = tqdm(total=len(starts), desc="generate", unit="batch", dynamic_ncols=True, mininterval=1.0)
+    tokens, began = 0, time.perf_counter()
+    try:
+        for b, start in enumerate(starts):
+            rows = [ids for ids in prompts[start : start + batch_size] for _ in range(samples_per_prompt)]
+            real = len(rows)
+            if fill_last and len(starts) > 1 and batch_bucket(real) != batch_bucket(full):
+                rows += [rows[0]] * (full - real)
+            gen = generator.generate(rows, dataclasses.replace(config, seed=config.seed + b * seed_stride))
+            if len(rows) > real:
+                gen = GenerationOutput(*(getattr(gen, f.name)[:real] for f in dataclasses.fields(gen)))
+            if bar is not None:
+                tokens += int(gen.response_mask.sum())
+                bar.update(1)
+                bar.set_postfix({"tokens/s": f"{tokens / (time.perf_counter() - began):.1f}"})
+            yield gen
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def response_texts(tokenizer, gen: GenerationOutput) -> list:
+    """Each row's response decoded: the tokens up to and including EOS, special tokens dropped by decode."""
+    return [tokenizer.decode(ids[mask > 0]) for ids, mask in zip(gen.response_ids, gen.response_mask)]
 
 
 def load_generation_model(model: str, tokenizer: str = ""):
     """(CausalLM, Tokenizer) from a model folder or .gguf file/name holding its tokenizer, or from a
     model preset (random weights: for smoke tests and timing) with ``tokenizer`` naming one."""
-    from .nn.gguf import is_gguf
-    from .roles import load_lm
-
-    if not tokenizer and not (os.path.isdir(model) or is_gguf(model)):
+    if not tokenizer and not is_pretrained(model):
         raise FileNotFoundError(f"generate: model {model!r} is neither a model folder nor a .gguf file/name, so it "
                                 "brings no tokenizer; pass --tokenizer DIR (a model preset gets random weights)")
     tok = Tokenizer.load(tokenizer or model)
     return load_lm(model, tok.vocab_size), tok
-
-
-def answer_prompts(generator, tokenizer, prompts: Sequence[EncodedPrompt], config, batch_size: int = 16,
-                   progress: bool = False) -> list:
-    """One output record (module docstring) per prompt, in order, generating ``batch_size`` prompts a call.
-
-    A short last batch is filled up with copies of its first prompt (answers dropped) when that keeps
-    the batch shape of the others: one compiled graph fewer, for a few wasted rows."""
-    import dataclasses
-
-    from .nn.generate import batch_bucket
-
-    if batch_size < 1:
-        raise ValueError(f"generate: batch_size={batch_size}; expected >= 1")
-    starts = range(0, len(prompts), batch_size)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(starts), desc="generate", unit="batch", dynamic_ncols=True, mininterval=1.0)
-    out, tokens, began = [], 0, time.perf_counter()
-    for b, start in enumerate(starts):
-        chunk = list(prompts[start : start + batch_size])
-        rows = [p.input_ids for p in chunk]
-        if len(starts) > 1 and batch_bucket(len(rows)) != batch_bucket(batch_size):
-            rows += [rows[0]] * (batch_size - len(rows))
-        gen = generator.generate(rows, dataclasses.replace(config, seed=config.seed + b))
-        for i, prompt in enumerate(chunk):
-            out.append(_record(prompt, gen.response_ids[i], gen.response_mask[i], gen.logprobs[i], tokenizer))
-            tokens += out[-1]["num_tokens"]
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({"tokens/s": f"{tokens / (time.perf_counter() - began):.1f}"})
-    if bar is not None:
-        bar.close()
-    return out
 
 
 def _record(prompt: EncodedPrompt, ids: np.ndarray, mask: np.ndarray, logprobs: np.ndarray, tokenizer) -> dict:
@@ -112,20 +117,26 @@ def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", 
                   runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
     """Answer every prompt of ``prompts_file`` with ``model`` (see :func:`load_generation_model`) and write
     the records to ``out`` atomically. Returns a summary: prompts, tokens, finished, seconds, out."""
-    from .nn.generate import Generator
-    from .nn.model import atomic_write
-
+    if temperature < 0:
+        raise ValueError(f"generate: temperature={temperature}; expected 0 (greedy) or a positive temperature")
     records = load_prompts(prompts_file)  # a bad line fails here, before a large model is loaded
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
     lm, tok = load_generation_model(model, tokenizer)
-    config = sampling_config(tok, max_new_tokens, temperature, top_k, top_p, seed)
+    config = generation_config(tok, max_new_tokens, do_sample=temperature > 0,
+                               temperature=temperature if temperature > 0 else 1.0, top_k=top_k, top_p=top_p,
+                               seed=seed)
     room = lm.config.max_position_embeddings - max_new_tokens
     if room < 1:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
                          f"{lm.config.max_position_embeddings} positions; lower --max-new-tokens")
     prompts = encode_prompts(records, tok, room, chat_template=chat_template)
     began = time.perf_counter()
-    answers = answer_prompts(Generator(lm), tok, prompts, config, batch_size, progress)
+    answers = []
+    batches = generate_batches(Generator(lm), [p.input_ids for p in prompts], config, batch_size, fill_last=True,
+                               progress=progress)
+    for b, gen in enumerate(batches):
+        for i, prompt in enumerate(prompts[b * batch_size : (b + 1) * batch_size]):
+            answers.append(_record(prompt, gen.response_ids[i], gen.response_mask[i], gen.logprobs[i], tok))
     seconds = time.perf_counter() - began
     atomic_write(out, lambda tmp: write_jsonl(tmp, answers))
     return {"prompts": len(answers), "tokens": sum(r["num_tokens"] for r in answers),

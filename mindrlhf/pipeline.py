@@ -32,6 +32,7 @@ from . import runtime
 from .config import field, require, save_config
 from .data.formats import atomic_write_text
 from .evaluation import PROMPT_BUCKET_HELP, EvalConfig, compare
+from .roles import is_pretrained
 from .runtime import RuntimeConfig
 from .trainers.ppo_config import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
 from .trainers.reward import RMConfig, RMDataConfig
@@ -100,15 +101,9 @@ class PipelineConfig:
                                         "their memory are gone before the next stage starts (off under msrun)")
 
     def validate(self):
-        require(not self.compare_base or _pretrained(self.sft.model), "compare_base",
+        require(not self.compare_base or is_pretrained(self.sft.model), "compare_base",
                 f"sft.model={self.sft.model!r} is a randomly initialised preset; only a pretrained model "
                 "(HuggingFace folder or GGUF) is worth comparing")
-
-
-def _pretrained(spec: str) -> bool:
-    from .nn.gguf import is_gguf
-
-    return os.path.isdir(spec) or is_gguf(spec)
 
 
 def _fill(obj, out_dir: str):
@@ -165,7 +160,7 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     for stage in (cfg.sft, cfg.rm, cfg.ppo):
         stage.runtime = cfg.runtime
     data_dir = os.path.join(out, "data")
-    own_tokenizer = _pretrained(cfg.sft.model)
+    own_tokenizer = is_pretrained(cfg.sft.model)
     if not cfg.sft.tokenizer and not own_tokenizer:
         cfg.sft.tokenizer = os.path.join(data_dir, "tokenizer")
     os.makedirs(out, exist_ok=True)

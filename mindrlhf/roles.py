@@ -24,6 +24,12 @@ from .nn.gguf import is_gguf
 from .nn.lora import LoRAConfig, apply_lora, shared_copy
 
 
+def is_pretrained(spec: str) -> bool:
+    """True when model spec ``spec`` names pretrained weights (a HuggingFace folder, or a GGUF file or preset
+    name) rather than a model preset or YAML that starts from random weights."""
+    return os.path.isdir(spec) or is_gguf(spec)
+
+
 def load_lm(spec: str, vocab_size: int, compute_dtype: str = "", lora: Optional[LoRAConfig] = None) -> CausalLM:
     """A CausalLM from a HuggingFace folder or GGUF file/name (weights loaded), or a preset name/YAML (random init);
     with ``lora`` enabled, its adapters are applied and everything else is frozen.
@@ -46,11 +52,6 @@ def adapted_copy(base: CausalLM, lora: LoRAConfig) -> CausalLM:
     if not lora.enabled:
         raise ValueError("adapted_copy: LoRA is off; a fully trained role needs its own copy of the weights")
     return with_lora(shared_copy(base), lora)
-
-
-def is_pretrained(spec: str) -> bool:
-    """Whether a model spec names weights (a HuggingFace folder or a GGUF file/name) rather than a preset."""
-    return os.path.isdir(spec) or is_gguf(spec)
 
 
 def _load(spec: str, vocab_size: int, compute_dtype: str) -> CausalLM:

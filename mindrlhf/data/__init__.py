@@ -3,8 +3,7 @@ and the built-in movie-recommendation task (:mod:`mindrlhf.data.builtin`).
 
 Nothing here imports MindSpore at import time; only MindRecord export/reading does, when called.
 """
-from mindrlhf.data.batching import (EpochIterator, bucket_length, pad_left, pad_right, prompt_batch,
-                                    ranking_batch, sft_batch, shard)
+from mindrlhf.data.batching import bucket_length, pad_left, pad_right, ranking_batch, sft_batch
 from mindrlhf.data.encoding import (EncodedPrompt, EncodedRanking, EncodedSequence, encode_demonstrations,
                                     encode_prompts, encode_rankings)
 from mindrlhf.data.formats import (DataError, Demonstration, PromptRecord, Ranking, Records, load_demonstrations,

@@ -1,5 +1,4 @@
-"""Batches as numpy arrays: padding to bucketed lengths, SFT/prompt/ranking batches, rank sharding, and a
-seeded epoch iterator that can be saved and resumed. Pure numpy; arrays are int32.
+"""Batches as numpy arrays: padding to bucketed lengths, SFT and ranking batches. Pure numpy; arrays are int32.
 
 Bucketing: a compiled graph is built per distinct shape, so a batch is padded to
 ``T = min(ceil(longest / multiple) * multiple, max_length)`` (``multiple = max_length`` gives one shape).
@@ -11,7 +10,7 @@ weighted by ``loss_mask[:, t + 1]``, i.e. ``logits[:, :-1]`` against ``input_ids
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,19 +66,6 @@ def sft_batch(sequences: Sequence, pad_id: int, multiple: int = 8,
     return {"input_ids": ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
-def prompt_batch(prompts: Sequence, pad_id: int, multiple: int = 8,
-                 max_length: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Generation batch from :class:`EncodedPrompt` items (or id lists), left-padded.
-
-    Returns ``input_ids``, ``attention_mask`` and ``position_ids`` (``[B, T]``; ``cumsum(mask) - 1``,
-    0 on pads, so each prompt's first real token has position 0 whatever its padding).
-    """
-    seqs = [p.input_ids if hasattr(p, "input_ids") else p for p in prompts]
-    ids, mask = pad_left(seqs, pad_id, multiple, max_length)
-    position_ids = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
-
-
 def ranking_batch(rankings: Sequence, pad_id: int, k: Optional[int] = None, multiple: int = 8,
                   max_length: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Reward-model batch from :class:`EncodedRanking` items (or lists of ``(ids, loss_mask)``, best first).
@@ -106,70 +92,3 @@ def ranking_batch(rankings: Sequence, pad_id: int, k: Optional[int] = None, mult
     batch["k_mask"] = k_mask
     batch["last_index"] = (batch["attention_mask"].sum(axis=1) - 1).astype(np.int32)
     return batch
-
-
-def shard(records: Sequence, rank: int, world_size: int) -> List:
-    """This rank's slice ``records[rank::world_size]`` after dropping the ``len % world_size`` tail, so
-    every rank gets the same count (data-parallel ranks must run the same number of steps)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in 0..{world_size - 1} (world_size={world_size})")
-    usable = len(records) - len(records) % world_size
-    if usable == 0:
-        raise ValueError(f"{len(records)} records cannot be split over world_size={world_size} ranks")
-    return list(records[:usable][rank::world_size])
-
-
-class EpochIterator:
-    """Endless per-rank batches of record indices, reshuffled each epoch; resumable.
-
-    Every rank builds it with the same ``seed``, so all ranks draw the same global permutation of
-    ``0..num_records-1`` each epoch and take disjoint strided slices of it (as in :func:`shard`).
-    A global batch is ``batch_size * world_size`` records. The last incomplete batch is dropped
-    (fixed shapes for compiled steps). ``state_dict()`` is plain JSON (the numpy Generator's state at the
-    start of the current epoch, plus the position in the epoch); ``load_state_dict`` continues exactly.
-    """
-
-    def __init__(self, num_records: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
-        per_rank = num_records // world_size
-        if per_rank < batch_size:
-            raise ValueError(f"{num_records} records give {per_rank} per rank over {world_size} rank(s), fewer "
-                             f"than batch_size={batch_size}; lower the batch size or add data")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1} (world_size={world_size})")
-        self.num_records, self.batch_size, self.seed = num_records, batch_size, seed
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
-        self.batches_per_epoch = per_rank // batch_size
-        self.rng = np.random.Generator(np.random.PCG64(seed))
-        self.epoch, self.batch_in_epoch = 0, 0
-        self._start_epoch()
-
-    def _start_epoch(self) -> None:
-        self._epoch_state = self.rng.bit_generator.state
-        order = self.rng.permutation(self.num_records) if self.shuffle else np.arange(self.num_records)
-        usable = self.num_records - self.num_records % self.world_size
-        self._indices = order[:usable][self.rank::self.world_size]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        if self.batch_in_epoch == self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self._start_epoch()
-        start = self.batch_in_epoch * self.batch_size
-        self.batch_in_epoch += 1
-        return self._indices[start:start + self.batch_size]
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "num_records": self.num_records, "rng_state": self._epoch_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["num_records"] != self.num_records:
-            raise ValueError(f"resume: the saved iterator covered {state['num_records']} records but the data now "
-                             f"has {self.num_records}; resume with the same data files")
-        self.rng.bit_generator.state = state["rng_state"]
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self._start_epoch()

@@ -10,8 +10,7 @@ Why one graph for the whole loop: with the loop inside the graph, N tokens cost 
 N calls with their launch and host round trips; the loop is a `while` over a step-counter tensor, so
 it is compiled once as a loop, not unrolled N times. Why in-place caches: with caches as loop-carried
 tensors, a compiled while loop keeps every step's new cache alive (peak memory grows by one cache per
-token). Figures: docs/performance.md. `decode_graph="step"` keeps the per-step form (one compiled
-call per token, same caches) as a fallback.
+token). Figures: docs/performance.md.
 """
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -20,7 +19,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-from mindrlhf.nn.model import positions_from_mask
+from mindrlhf.data.batching import bucket_length, pad_left
 from mindrlhf.nn.sampling import filter_top_k, filter_top_p, sample_inverse_cdf, token_logprob
 
 
@@ -158,81 +157,22 @@ class DecodeLoop(nn.Cell):
         return tokens, masks, logprobs
 
 
-class PrefillStep(nn.Cell):
-    """Fallback form, first call: prompt -> (first token, its log-prob); fills the cache."""
-
-    def __init__(self, model, config: GenerationConfig, cache: KVCache):
-        super().__init__()
-        self.model = model
-        self.chooser = TokenChooser(config, model.vocab_size)
-        self.cache = cache
-
-    def construct(self, prompt_ids, prompt_mask, u, temperature, top_p):
-        logits = self.model.prefill(prompt_ids, prompt_mask, self.cache.keys, self.cache.values)
-        return self.chooser(logits, u, temperature, top_p)
-
-
-class DecodeStep(nn.Cell):
-    """Fallback form, one call per token: feed `token`, return the next (token, log-prob)."""
-
-    def __init__(self, model, config: GenerationConfig, cache: KVCache):
-        super().__init__()
-        self.model = model
-        self.chooser = TokenChooser(config, model.vocab_size)
-        self.cache = cache
-
-    def construct(self, token, position, key_mask, slot, u, temperature, top_p):
-        logits = self.model.decode_step(token, position, key_mask, slot, self.cache.keys, self.cache.values)
-        return self.chooser(logits, u, temperature, top_p)
-
-
-def _host_loop(prefill, step_fn, ids, mask, uniforms, temperature, top_p, config):
-    """The per-step form's loop on the host; same outputs as DecodeLoop."""
-    b, p = ids.shape
-    n = config.max_new_tokens
-    eos = -1 if config.eos_token_id is None else config.eos_token_id
-    tokens, masks = np.zeros((b, n), np.int32), np.zeros((b, n), np.int32)
-    logprobs = np.zeros((b, n), np.float32)
-    key_mask = np.concatenate([mask, np.zeros((b, n), np.int32)], 1)
-    position = mask.sum(1).astype(np.int32)
-    done = np.zeros(b, bool)
-    token, logprob = prefill(Tensor(ids), Tensor(mask), Tensor(uniforms[0]), temperature, top_p)
-    for step in range(n):
-        token = np.where(done, config.pad_token_id, token.asnumpy()).astype(np.int32)
-        tokens[:, step], masks[:, step] = token, ~done
-        logprobs[:, step] = np.where(done, 0.0, logprob.asnumpy())
-        done |= token == eos
-        if step == n - 1 or done.all():
-            tokens[:, step + 1:] = config.pad_token_id
-            break
-        key_mask[:, p + step] = 1
-        token, logprob = step_fn(Tensor(token), Tensor(position + step), Tensor(key_mask), Tensor(p + step, ms.int32),
-                                 Tensor(uniforms[step + 1]), temperature, top_p)
-    return tokens, masks, logprobs
-
-
-def bucket(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
 
 
 def batch_bucket(b: int) -> int:
     """1, 2, 4, 8, then multiples of 8: few distinct batch shapes, at most 2x (small) or +7 rows of waste."""
     if b <= 8:
         return 1 << (b - 1).bit_length()
-    return bucket(b, 8)
+    return bucket_length(b, 8)
 
 
 class Generator:
     """Reusable generation for one model. A compiled loop and its KV cache are kept per (batch bucket,
     prompt bucket, sampling setup); `clear()` frees them."""
 
-    def __init__(self, model, prompt_bucket: int = 16, decode_graph: str = "loop"):
-        if decode_graph not in ("loop", "step"):
-            raise ValueError(f"Generator: decode_graph={decode_graph!r}; expected 'loop' (whole decode loop in one "
-                             "graph) or 'step' (one compiled call per token)")
+    def __init__(self, model, prompt_bucket: int = 16):
         self.model = model
         self.prompt_bucket = prompt_bucket
-        self.decode_graph = decode_graph
         self._loops = {}
 
     def clear(self):
@@ -243,10 +183,7 @@ class Generator:
                config.do_sample and config.top_p < 1.0, config.eos_token_id, config.pad_token_id)
         if key not in self._loops:
             cache = KVCache(self.model.config, batch, prompt_len + config.max_new_tokens)
-            if self.decode_graph == "loop":
-                self._loops[key] = DecodeLoop(self.model, config, cache)
-            else:
-                self._loops[key] = (PrefillStep(self.model, config, cache), DecodeStep(self.model, config, cache))
+            self._loops[key] = DecodeLoop(self.model, config, cache)
         return self._loops[key]
 
     def generate(self, prompts, config: GenerationConfig) -> GenerationOutput:
@@ -259,24 +196,17 @@ class Generator:
         if longest + config.max_new_tokens > limit:
             raise ValueError(f"generate: longest prompt ({longest}) + max_new_tokens ({config.max_new_tokens}) "
                              f"exceeds the model's max_position_embeddings ({limit})")
-        p, bb = bucket(longest, self.prompt_bucket), batch_bucket(b)
-        ids = np.full((bb, p), config.pad_token_id, np.int32)
-        mask = np.zeros((bb, p), np.int32)
-        for i, x in enumerate(prompts):
-            ids[i, p - len(x):] = x
-            mask[i, p - len(x):] = 1
-        mask[b:, -1] = 1  # filler rows: a one-token prompt of padding, dropped below
+        fillers = [[config.pad_token_id]] * (batch_bucket(b) - b)  # a one-token prompt of padding, dropped below
+        ids, mask = pad_left(prompts + fillers, config.pad_token_id, self.prompt_bucket)
+        bb, p = ids.shape
         rng = np.random.default_rng(config.seed)
         # cap below 1 so u * cdf_last < cdf_last strictly in fp32
         uniforms = np.minimum(rng.random((config.max_new_tokens, bb)), 0.99999).astype(np.float32)
         temperature = Tensor(config.temperature if config.do_sample else 1.0, ms.float32)
         top_p = Tensor(config.top_p, ms.float32)
-        graphs = self._loop(config, bb, p)
-        if self.decode_graph == "loop":
-            tokens, masks, logprobs = (x.asnumpy() for x in graphs(Tensor(ids), Tensor(mask), Tensor(uniforms),
-                                                                   temperature, top_p))
-        else:
-            tokens, masks, logprobs = _host_loop(*graphs, ids, mask, uniforms, temperature, top_p, config)
+        loop = self._loop(config, bb, p)
+        tokens, masks, logprobs = (x.asnumpy() for x in loop(Tensor(ids), Tensor(mask), Tensor(uniforms),
+                                                             temperature, top_p))
         return GenerationOutput(prompt_ids=ids[:b], prompt_mask=mask[:b], response_ids=tokens[:b],
                                 response_mask=masks[:b], logprobs=logprobs[:b])
 

@@ -26,9 +26,9 @@ class AdamW(nn.Cell):
     """``adamw(grads)`` applies one AdamW step to ``parameters`` in place (grads in the same order).
 
     State, all Parameters updated in place: ``exp_avg.<name>`` (m) and ``exp_avg_sq.<name>`` (v) per
-    parameter and ``state_step`` (t, int32): the names ``mindspore.experimental.optim.AdamW`` used, so
-    checkpoints written with it still load. ``lr`` is a Parameter as well, so
-    :meth:`set_learning_rate` changes it between steps without recompiling the step that holds this Cell.
+    parameter and ``state_step`` (t, int32), the names ``mindspore.experimental.optim.AdamW`` uses. ``lr`` is
+    a Parameter as well, so :meth:`set_learning_rate` changes it between steps without recompiling the step
+    that holds this Cell.
     Every parameter is decayed (torch's default for one parameter group).
     """
 

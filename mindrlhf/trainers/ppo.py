@@ -34,7 +34,9 @@ from ..config import require
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
-from ..nn.generate import GenerationConfig, Generator, bucket
+from ..data.batching import bucket_length
+from ..generation import generation_config
+from ..nn.generate import Generator
 from ..nn.lora import TrainableParams
 from ..roles import Critic, Policy, frozen, ppo_roles
 from .artifacts import export_model, load_reward_model, read_stats
@@ -97,9 +99,8 @@ class PPOTrainer(Stage):
 
         n = cfg.rollout.max_new_tokens
         self.generator = Generator(self.actor_lm, prompt_bucket=cfg.rollout.prompt_bucket)
-        self.gen_cfg = GenerationConfig(max_new_tokens=n, do_sample=True, temperature=cfg.rollout.temperature,
-                                        top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
-                                        eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id)
+        self.gen_cfg = generation_config(self.tokenizer, n, do_sample=True, temperature=cfg.rollout.temperature,
+                                         top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p)
         self.reuse_logprobs = cfg.rollout.reuses_generation_logprobs()
         if cfg.rollout.logprobs_from_generation and not self.reuse_logprobs and self.rt.is_main:
             print(f"[ppo] rollout.temperature={cfg.rollout.temperature}: the sampler's log-probs are the tempered "
@@ -282,7 +283,7 @@ class PPOTrainer(Stage):
         per_rank, _ = cfg.layout(rt.world_size)
         prompts = [self.prompts[i] for i in self.order.next_batch()]  # global; this rank rolls out its share
         seed = cfg.runtime.seed * 100_003 + it * 1_009
-        width = bucket(max(len(p.input_ids) for p in prompts), self.generator.prompt_bucket)  # as one process
+        width = bucket_length(max(len(p.input_ids) for p in prompts), self.generator.prompt_bucket)  # as one process
         exp, times = self.rollout(prompts[rt.rank * per_rank : (rt.rank + 1) * per_rank], seed + rt.rank, width)
         if rt.distributed:  # every rank updates on the whole batch, as one process would
             exp = gather_experience(exp)

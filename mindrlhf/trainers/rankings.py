@@ -18,33 +18,12 @@ from ..data.builtin.labeler import Labeler
 from ..data.builtin.task import make_rankings
 from ..data.builtin.world import load_world
 from ..data.encoding import encode_prompts
-from ..data.formats import load_prompts, write_jsonl
+from ..data.formats import atomic_write, load_prompts, write_jsonl
 from ..data.tokenizer import Tokenizer
+from ..generation import generate_batches, generation_config, response_texts
+from ..nn import CausalLM
+from ..nn.generate import Generator
 from ..runtime import RuntimeConfig
-
-
-def sample_responses(model, tokenizer, prompt_ids, k: int, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, batch_prompts: int = 16, seed: int = 0, prompt_bucket: int = 16) -> list:
-    """K sampled responses (decoded text, special tokens dropped) for each prompt in ``prompt_ids``.
-
-    Returns a list over prompts of K strings. Generation batches hold ``batch_prompts`` prompts × K rows;
-    batch ``b`` draws with seed ``seed + b``, so the whole set is reproducible from ``seed``. Prompts are
-    left-padded to a multiple of ``prompt_bucket``: each width compiles its own graph and keeps its memory.
-    """
-    from ..nn.generate import GenerationConfig, Generator
-
-    generator = Generator(model, prompt_bucket=prompt_bucket)
-    out = []
-    for b, start in enumerate(range(0, len(prompt_ids), batch_prompts)):
-        chunk = prompt_ids[start : start + batch_prompts]
-        rows = [ids for ids in chunk for _ in range(k)]
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                  top_p=top_p, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-                                  seed=seed + b)
-        gen = generator.generate(rows, config)
-        texts = [tokenizer.decode(ids[mask > 0]).strip() for ids, mask in zip(gen.response_ids, gen.response_mask)]
-        out += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
-    return out
 
 
 def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, noise: float = 0.5, seed: int = 0,
@@ -65,9 +44,6 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
                                 "found; pass world_file=/--world, or keep the prompts next to the files "
                                 "`mindrlhf data builtin` writes")
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
-    from ..nn import CausalLM
-    from ..nn.model import atomic_write
-
     tokenizer = Tokenizer.load(policy_dir)
     model = CausalLM.from_pretrained(policy_dir)
     limit = model.config.max_position_embeddings - max_new_tokens
@@ -75,8 +51,14 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
     if max_prompts:
         records = records[:max_prompts]
     encoded = encode_prompts(records, tokenizer, limit)
-    responses = sample_responses(model, tokenizer, [p.input_ids for p in encoded], k, max_new_tokens,
-                                 temperature, top_p, batch_prompts, seed, prompt_bucket)
+    # batch b holds batch_prompts prompts × k rows and draws with seed + b; each prompt width compiles its own graph
+    config = generation_config(tokenizer, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
+                               seed=seed)
+    responses = []
+    for gen in generate_batches(Generator(model, prompt_bucket=prompt_bucket), [p.input_ids for p in encoded],
+                                config, batch_prompts, samples_per_prompt=k):
+        texts = [t.strip() for t in response_texts(tokenizer, gen)]
+        responses += [texts[i : i + k] for i in range(0, len(texts), k)]
     labeler = Labeler(load_world(world_file))
     prompts = [p.text for p in encoded]
     rankings = make_rankings(prompts, responses, labeler, np.random.default_rng([seed, 1]), noise)

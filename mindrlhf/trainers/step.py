@@ -73,26 +73,37 @@ def _reducer(params):
     return None
 
 
-class TrainStep(nn.Cell):
-    """One optimizer step on one batch: ``loss_cell(*inputs) -> (loss, aux)``; returns (loss, aux, grad_norm)."""
+class ApplyGradients(nn.Cell):
+    """Mean-reduce gradients over data-parallel ranks, clip them to ``max_grad_norm`` (0: no clipping) and
+    apply ``optimizer``: construct(grads) → the pre-clip global norm."""
 
-    def __init__(self, loss_cell: nn.Cell, optimizer, max_grad_norm: float):
+    def __init__(self, optimizer, max_grad_norm: float):
         super().__init__(auto_prefix=False)
-        self.loss_cell = loss_cell
         self.optimizer = optimizer
         self.max_grad_norm = float(max_grad_norm)
-        self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
         self.reducer = _reducer(optimizer.parameters)
 
-    def construct(self, *inputs):
-        (loss, aux), grads = self.grad_fn(*inputs)
+    def construct(self, grads):
         if self.reducer is not None:
             grads = self.reducer(grads)
         norm = global_norm(grads)
         if self.max_grad_norm > 0:
             grads = clip_by_norm(grads, norm, self.max_grad_norm)
         self.optimizer(grads)
-        return loss, aux, norm
+        return norm
+
+
+class TrainStep(nn.Cell):
+    """One optimizer step on one batch: ``loss_cell(*inputs) -> (loss, aux)``; returns (loss, aux, grad_norm)."""
+
+    def __init__(self, loss_cell: nn.Cell, optimizer, max_grad_norm: float):
+        super().__init__(auto_prefix=False)
+        self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
+        self.apply_grads = ApplyGradients(optimizer, max_grad_norm)
+
+    def construct(self, *inputs):
+        (loss, aux), grads = self.grad_fn(*inputs)
+        return loss, aux, self.apply_grads(grads)
 
 
 class AccumulateStep(nn.Cell):
@@ -111,23 +122,15 @@ class AccumulateStep(nn.Cell):
 
 
 class ApplyStep(nn.Cell):
-    """Reduce, clip and apply the accumulated gradients, then zero them; returns the pre-clip norm."""
+    """Apply the accumulated gradients (:class:`ApplyGradients`), then zero them; returns the pre-clip norm."""
 
     def __init__(self, optimizer, accum, max_grad_norm: float):
         super().__init__(auto_prefix=False)
-        self.optimizer = optimizer
         self.accum = accum
-        self.max_grad_norm = float(max_grad_norm)
-        self.reducer = _reducer(optimizer.parameters)
+        self.apply_grads = ApplyGradients(optimizer, max_grad_norm)
 
     def construct(self):
-        grads = tuple(self.accum)
-        if self.reducer is not None:
-            grads = self.reducer(grads)
-        norm = global_norm(grads)
-        if self.max_grad_norm > 0:
-            grads = clip_by_norm(grads, norm, self.max_grad_norm)
-        self.optimizer(grads)
+        norm = self.apply_grads(tuple(self.accum))
         for acc in self.accum:
             ops.assign(acc, ops.zeros_like(acc))
         return norm
@@ -179,15 +182,16 @@ class Updater:
         return self.optimizer.state()
 
     def load_state_dict(self, tensors: dict) -> None:
-        """Restore what :meth:`state_dict` saved (copies, so the checkpoint's tensors are not aliased).
-
-        Names it does not know are ignored: checkpoints of the earlier experimental AdamW also hold AMSGrad
-        state (``max_exp_avg_sq.*``) that this optimizer never uses."""
+        """Restore what :meth:`state_dict` saved (copies, so the checkpoint's tensors are not aliased)."""
         own = self.optimizer.state()
         missing = [name for name in own if name not in tensors]
-        if missing:
-            raise ValueError(f"optimizer state lacks {len(missing)} of {len(own)} tensors, e.g. {missing[:3]}: "
-                             "was the checkpoint written for a different model or set of trainable parameters?")
+        unknown = [name for name in tensors if name not in own]
+        problems = [f"lacks {len(missing)} of {len(own)} tensors, e.g. {missing[:3]}"] if missing else []
+        if unknown:
+            problems.append(f"holds {len(unknown)} tensors this optimizer does not have, e.g. {unknown[:3]}")
+        if problems:
+            raise ValueError(f"optimizer state {' and '.join(problems)}: was the checkpoint written for a different "
+                             "model or set of trainable parameters?")
         for name, param in own.items():
             value = tensors[name]
             value = value.asnumpy() if isinstance(value, ms.Tensor) else value

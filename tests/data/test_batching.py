@@ -1,11 +1,8 @@
-"""Batching: bucketed padding, batch layouts, sharding, and the resumable epoch iterator (hand-computed)."""
-import json
-
+"""Batching: bucketed padding and batch layouts (hand-computed)."""
 import numpy as np
 import pytest
 
-from mindrlhf.data.batching import (EpochIterator, bucket_length, pad_left, pad_right, prompt_batch, ranking_batch,
-                                    sft_batch, shard)
+from mindrlhf.data.batching import bucket_length, pad_left, pad_right, ranking_batch, sft_batch
 from mindrlhf.data.encoding import encode_demonstrations, encode_prompts, encode_rankings
 from mindrlhf.data.formats import DataError, Demonstration, PromptRecord, Ranking, Records
 
@@ -40,13 +37,6 @@ def test_sft_batch_token_aligned():
     np.testing.assert_array_equal(targets, [11, 12, 3, 10, 3])
 
 
-def test_prompt_batch_positions():
-    batch = prompt_batch([[2, 5, 6], [2, 7]], pad_id=0, multiple=4)
-    np.testing.assert_array_equal(batch["input_ids"], [[0, 2, 5, 6], [0, 0, 2, 7]])
-    np.testing.assert_array_equal(batch["attention_mask"], [[0, 1, 1, 1], [0, 0, 1, 1]])
-    np.testing.assert_array_equal(batch["position_ids"], [[0, 0, 1, 2], [0, 0, 0, 1]])
-
-
 def test_ranking_batch_groups_and_k_mask():
     first = [([2, 5, 3], [0, 1, 1]), ([2, 6, 6, 3], [0, 1, 1, 1]), ([2, 7, 3], [0, 1, 1])]
     second = [([2, 8, 3], [0, 1, 1]), ([2, 9, 9, 9, 3], [0, 1, 1, 1, 1])]
@@ -59,48 +49,6 @@ def test_ranking_batch_groups_and_k_mask():
     assert ranking_batch([second], pad_id=0, k=4)["k_mask"].tolist() == [[1, 1, 0, 0]]
     with pytest.raises(ValueError, match="has 3 responses but k=2"):
         ranking_batch([first], pad_id=0, k=2)
-
-
-def test_shard_disjoint_equal_and_deterministic():
-    records = list(range(11))
-    parts = [shard(records, r, 3) for r in range(3)]
-    assert parts == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]  # the 11 % 3 = 2 tail records are dropped
-    assert shard(records, 1, 3) == parts[1]
-    with pytest.raises(ValueError, match="rank 3 is not in 0..2"):
-        shard(records, 3, 3)
-
-
-def test_epoch_iterator_permutations_and_ranks():
-    n, batch, world = 20, 3, 2
-    iters = [EpochIterator(n, batch, seed=7, rank=r, world_size=world) for r in range(world)]
-    assert iters[0].batches_per_epoch == 3  # 10 per rank -> 3 full batches of 3
-    epoch0 = [np.concatenate([next(it) for _ in range(3)]) for it in iters]
-    assert not set(epoch0[0]) & set(epoch0[1])  # ranks see disjoint records in an epoch
-    both = np.concatenate(epoch0)
-    assert len(set(both)) == 18 and set(both) <= set(range(n))
-    epoch1 = np.concatenate([next(iters[0]) for _ in range(3)])
-    assert iters[0].epoch == 1 and not np.array_equal(epoch1, epoch0[0])  # reshuffled
-    again = EpochIterator(n, batch, seed=7, rank=0, world_size=world)
-    np.testing.assert_array_equal(np.concatenate([next(again) for _ in range(3)]), epoch0[0])
-
-
-def test_epoch_iterator_resume_matches_uninterrupted():
-    straight = EpochIterator(10, 4, seed=3)
-    expected = [next(straight).tolist() for _ in range(7)]
-    first = EpochIterator(10, 4, seed=3)
-    got = [next(first).tolist() for _ in range(3)]  # stop in the middle of epoch 1
-    state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint
-    resumed = EpochIterator(10, 4, seed=99)  # the saved state wins over the constructor's seed
-    resumed.load_state_dict(state)
-    got += [next(resumed).tolist() for _ in range(4)]
-    assert got == expected
-    with pytest.raises(ValueError, match="covered 10 records"):
-        EpochIterator(12, 4, seed=3).load_state_dict(state)
-
-
-def test_epoch_iterator_too_few_records():
-    with pytest.raises(ValueError, match="fewer than batch_size=4"):
-        EpochIterator(7, 4, seed=0, world_size=2)
 
 
 class CharTokenizer:

@@ -125,7 +125,7 @@ def test_optimizer_state_round_trips_through_a_checkpoint(ours_graph, tmp_path):
     assert norms == reference_norms
 
 
-def test_load_state_dict_names_what_is_missing():
+def test_load_state_dict_names_what_is_missing_or_unknown():
     cell = SquaredError()
     up = Updater(cell, cell.trainable_params(), CFG, total_steps=STEPS)
     state = {name: p.asnumpy() for name, p in up.state_dict().items() if name != "exp_avg.net.bias"}
@@ -133,6 +133,10 @@ def test_load_state_dict_names_what_is_missing():
         up.load_state_dict(state)
     state["exp_avg.net.bias"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match=r"exp_avg.net.bias.*\(3,\).*\(1,\)"):
+        up.load_state_dict(state)
+    state["exp_avg.net.bias"] = np.zeros(1, np.float32)
+    state["max_exp_avg_sq.net.bias"] = np.zeros(1, np.float32)  # AMSGrad state this AdamW does not keep
+    with pytest.raises(ValueError, match=r"holds 1 tensors this optimizer does not have.*max_exp_avg_sq.net.bias"):
         up.load_state_dict(state)
 
 
