@@ -11,6 +11,8 @@ file:line). Each output line, in input order::
 - ``sum_logprob``: Σ_t log softmax(logits_t / T)[y_t] over those tokens, T = the temperature (1 for
   greedy); top-k/top-p filtering is not applied to it (as in :class:`mindrlhf.nn.generate.TokenChooser`).
 
+A prompt too long for the model's positions after ``max_new_tokens`` is skipped (named on stdout), so the
+others still get their answers; a model with non-finite weights is refused.
 Prompts go through the tokenizer's chat template, exactly as SFT trained and evaluation feeds them
 (:func:`mindrlhf.data.encoding.encode_prompts`); ``chat_template=False`` feeds plain text to a base model.
 Generation is the compiled engine (:class:`mindrlhf.nn.generate.Generator`) in batches of ``batch_size``
@@ -100,6 +102,14 @@ def load_generation_model(model: str, tokenizer: str = ""):
     return load_lm(model, tok.vocab_size), tok
 
 
+def check_finite_weights(lm, model: str) -> None:
+    """Refuse a model with NaN or infinite weights (what a diverged run leaves): its answers would be empty."""
+    for param in lm.get_parameters():
+        if not np.isfinite(param.asnumpy()).all():
+            raise ValueError(f"{model}: parameter {param.name} holds NaN or infinite values; the run that wrote "
+                             "this model diverged, so it cannot generate")
+
+
 def _record(prompt: EncodedPrompt, ids: np.ndarray, mask: np.ndarray, logprobs: np.ndarray, tokenizer) -> dict:
     """ids, mask, logprobs: one row [N] of a GenerationOutput."""
     kept = ids[mask > 0]
@@ -129,7 +139,12 @@ def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", 
     if room < 1:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
                          f"{lm.config.max_position_embeddings} positions; lower --max-new-tokens")
-    prompts = encode_prompts(records, tok, room, chat_template=chat_template)
+    check_finite_weights(lm, model)
+    prompts = encode_prompts(records, tok, room, skip_invalid=True, chat_template=chat_template)
+    if prompts.skipped:  # one over-long prompt must not cost the others their answers
+        print(f"[generate] skipped {prompts.skipped} prompts longer than the {room} tokens the model's "
+              f"{lm.config.max_position_embeddings} positions leave after {max_new_tokens} new tokens; "
+              f"first: {prompts.skip_reasons[0].split(': prompt is')[0]}")
     began = time.perf_counter()
     answers = []
     batches = generate_batches(Generator(lm), [p.input_ids for p in prompts], config, batch_size, fill_last=True,

@@ -122,3 +122,31 @@ def test_bad_options_are_one_line_errors(folder, capsys, options, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (folder / "never.jsonl").exists()
+
+
+def test_an_overlong_prompt_is_skipped_and_the_others_are_answered(folder, tmp_path, capsys):
+    """The tiny model has 128 positions; with 120 new tokens a prompt of more than 8 tokens has no room."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "blue"}) + "\n" + json.dumps({"prompt": " ".join(WORDS * 3)}) + "\n")
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--model", str(folder / "model"), "--prompts", str(prompts), "--out", str(out),
+            "--max-new-tokens", "120", "--no-progress"]
+    assert main(argv) == 0
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["blue"]
+    printed = capsys.readouterr().out
+    assert "skipped 1 prompts" in printed and f"{prompts}:2" in printed
+
+
+def test_a_model_with_nan_weights_is_refused(folder, tmp_path, capsys):
+    lm = CausalLM.from_pretrained(str(folder / "model"))
+    weights = {n: p.asnumpy().copy() for n, p in lm.named_weights()}
+    name = next(iter(weights))
+    weights[name][0] = np.nan
+    lm.assign_weights(weights)
+    lm.save_pretrained(str(tmp_path / "diverged"))
+    Tokenizer.load(str(folder / "model")).save(str(tmp_path / "diverged"))
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--model", str(tmp_path / "diverged"), "--prompts", str(folder / "prompts.jsonl"),
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    assert "NaN or infinite" in capsys.readouterr().err and not out.exists()
