@@ -27,8 +27,9 @@ import numpy as np
 
 from . import runtime
 from .data.encoding import EncodedPrompt, encode_prompts
-from .data.formats import load_prompts, write_jsonl
+from .data.formats import load_prompts
 from .data.tokenizer import Tokenizer
+from .io import write_jsonl
 from .runtime import RuntimeConfig
 
 
@@ -49,7 +50,7 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float = 0.0, to
 def load_generation_model(model: str, tokenizer: str = ""):
     """(CausalLM, Tokenizer) from a model folder or .gguf file/name holding its tokenizer, or from a
     model preset (random weights: for smoke tests and timing) with ``tokenizer`` naming one."""
-    from .nn.gguf import is_gguf
+    from .io.gguf import is_gguf
     from .roles import load_lm
 
     if not tokenizer and not (os.path.isdir(model) or is_gguf(model)):
@@ -113,7 +114,7 @@ def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", 
     """Answer every prompt of ``prompts_file`` with ``model`` (see :func:`load_generation_model`) and write
     the records to ``out`` atomically. Returns a summary: prompts, tokens, finished, seconds, out."""
     from .nn.generate import Generator
-    from .nn.model import atomic_write
+    from .io import atomic_write
 
     records = load_prompts(prompts_file)  # a bad line fails here, before a large model is loaded
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))

@@ -30,8 +30,8 @@ from typing import Optional
 
 from . import runtime
 from .config import field, require, save_config
-from .data.formats import atomic_write_text
 from .evaluation import PROMPT_BUCKET_HELP, EvalConfig, compare
+from .io import atomic_write_text
 from .runtime import RuntimeConfig
 from .trainers.ppo_config import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
 from .trainers.reward import RMConfig, RMDataConfig
@@ -106,7 +106,7 @@ class PipelineConfig:
 
 
 def _pretrained(spec: str) -> bool:
-    from .nn.gguf import is_gguf
+    from .io.gguf import is_gguf
 
     return os.path.isdir(spec) or is_gguf(spec)
 
@@ -123,7 +123,8 @@ def _fill(obj, out_dir: str):
 
 def _base_folder(spec: str, directory: str) -> str:
     """The untouched starting model as a HuggingFace folder (the evaluator loads policies from folders)."""
-    from .nn.gguf import gguf_to_hf_folder, is_gguf
+    from .io.gguf import is_gguf
+    from .nn.gguf import gguf_to_hf_folder
 
     if is_gguf(spec) and not _done(directory):
         gguf_to_hf_folder(spec, directory)

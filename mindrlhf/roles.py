@@ -48,7 +48,7 @@ def adapted_copy(base: CausalLM, lora: LoRAConfig) -> CausalLM:
 
 
 def _load(spec: str, vocab_size: int, compute_dtype: str) -> CausalLM:
-    from .nn.gguf import is_gguf
+    from .io.gguf import is_gguf
 
     if os.path.isdir(spec) or is_gguf(spec):
         model = CausalLM.from_pretrained(spec, compute_dtype=compute_dtype or None)

@@ -18,8 +18,9 @@ from ..data.builtin.labeler import Labeler
 from ..data.builtin.task import make_rankings
 from ..data.builtin.world import load_world
 from ..data.encoding import encode_prompts
-from ..data.formats import load_prompts, write_jsonl
+from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
+from ..io import write_jsonl
 from ..runtime import RuntimeConfig
 
 
@@ -66,7 +67,7 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
                                 "`mindrlhf data builtin` writes")
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
     from ..nn import CausalLM
-    from ..nn.model import atomic_write
+    from ..io import atomic_write
 
     tokenizer = Tokenizer.load(policy_dir)
     model = CausalLM.from_pretrained(policy_dir)

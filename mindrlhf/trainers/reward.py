@@ -31,9 +31,9 @@ from ..data.batching import ranking_batch
 from ..data.encoding import encode_rankings
 from ..data.formats import load_rankings
 from ..data.tokenizer import Tokenizer
+from ..io import atomic_write
 from ..nn import CausalLM
 from ..nn.lora import LoRAConfig, TrainableParams
-from ..nn.model import atomic_write
 from ..roles import RewardModel, load_lm
 from ..runtime import RuntimeConfig
 from .loop import LoopConfig, Stage, run_loop
@@ -259,7 +259,7 @@ def export_reward_model(reward_model: RewardModel, tokenizer, cfg, directory: st
 def load_reward_model(directory: str, compute_dtype: str = "") -> RewardModel:
     """Read back what :func:`export_reward_model` wrote: trunk from the HuggingFace files, head from
     ``reward_head.safetensors``. The tokenizer is ``Tokenizer.load(directory)``."""
-    from ..nn.hf import read_safetensors
+    from ..io import read_safetensors
 
     head_path = os.path.join(directory, HEAD_FILE)
     if not os.path.isfile(head_path):

@@ -26,7 +26,7 @@ from ..data.batching import sft_batch
 from ..data.encoding import encode_demonstrations
 from ..data.formats import load_demonstrations
 from ..data.tokenizer import Tokenizer
-from ..nn.gguf import is_gguf
+from ..io.gguf import is_gguf
 from ..nn.lora import ADAPTER_FILE, LoRAConfig, TrainableParams, has_lora, save_adapters
 from ..roles import load_lm
 from ..runtime import RuntimeConfig
