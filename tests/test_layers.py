@@ -87,11 +87,11 @@ def read_imports(base: str, modules: dict) -> List[Import]:
                 if isinstance(child, ast.Import):
                     targets = [alias.name for alias in child.names]
                 elif isinstance(child, ast.ImportFrom):
-                    base = child.module or ""
+                    origin = child.module or ""
                     if child.level:
                         up = here[:len(here) - (child.level - 1)]
-                        base = ".".join(up + ([base] if base else []))
-                    targets = [f"{base}.{alias.name}" for alias in child.names]
+                        origin = ".".join(up + ([origin] if origin else []))
+                    targets = [f"{origin}.{alias.name}" for alias in child.names]
                 for name in targets:
                     target = _resolve(name, modules)
                     if target is not None:

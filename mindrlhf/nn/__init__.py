@@ -1,4 +1,4 @@
-"""The decoder LM (GPT-2 and Llama/Qwen2 families), scalar heads, HuggingFace and GGUF I/O, LoRA and compiled generation."""
+"""The decoder LM (GPT-2 and Llama/Qwen2 families), scalar heads, HuggingFace and GGUF weights, LoRA and compiled generation."""
 from mindrlhf.nn.config import ModelConfig, available_presets
 from mindrlhf.nn.gguf import gguf_to_hf_folder
 from mindrlhf.nn.heads import ScalarHead
