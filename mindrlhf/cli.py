@@ -15,7 +15,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import sys
+
+from .config import describe, load_config
+from .data.builtin.task import write_builtin_task
+from .data.formats import export_mindrecord
+from .data.tokenizer import train_tokenizer
+from .generation import generate_file
+from .launch import LaunchPlan, launch
+from .nn import CausalLM
+from .nn.gguf import gguf_to_hf_folder
+from .runtime import RuntimeConfig
+from .trainers.rankings import sample_rankings
+from .trainers.reward import evaluate_rm
 
 # stage name → (module, config class, run function, one-line help)
 STAGES = {
@@ -36,19 +49,33 @@ def _stage_parser(sub, name: str, help_text: str):
     p.set_defaults(func=_run_stage, stage=name)
 
 
-def _run_stage(args) -> int:
-    from .config import describe, load_config
-
-    module_name, cls_name, fn_name, _ = STAGES[args.stage]
+def _stage(name: str):
+    """(config class, run function) of a stage; its module is imported only when the stage runs."""
+    module_name, cls_name, fn_name, _ = STAGES[name]
     module = importlib.import_module(module_name)
-    cls = getattr(module, cls_name)
-    if args.help_config:
-        print("\n".join(describe(cls)))
-        return 0
+    return getattr(module, cls_name), getattr(module, fn_name)
+
+
+def _config_from_args(cls, args):
     cfg = load_config(cls, args.config, args.overrides)
     if args.resume and hasattr(cfg, "out_dir") and os.path.abspath(args.resume) != os.path.abspath(cfg.out_dir):
         cfg.out_dir = args.resume  # a resumed run keeps writing where it was
-    result = getattr(module, fn_name)(cfg, resume=args.resume)
+    return cfg
+
+
+def stage_config(stage: str, stage_args: list):
+    """The config that ``mindrlhf <stage> <stage_args...>`` runs with; `launch` checks it before spawning."""
+    args = build_parser().parse_args([stage, *stage_args])
+    return _config_from_args(_stage(stage)[0], args)
+
+
+def _run_stage(args) -> int:
+    cls, run = _stage(args.stage)
+    if args.help_config:
+        print("\n".join(describe(cls)))
+        return 0
+    cfg = _config_from_args(cls, args)
+    result = run(cfg, resume=args.resume)
     if isinstance(result, dict) and result:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
         print(f"[{args.stage}] done: {shown}")
@@ -56,25 +83,18 @@ def _run_stage(args) -> int:
 
 
 def _launch(args) -> int:
-    from .launch import LaunchPlan, launch
-
     return launch(LaunchPlan(args.stage, args.stage_args, workers=args.n, nodes=args.nodes, node_rank=args.node_rank,
                              master_addr=args.master_addr, master_port=args.master_port, log_dir=args.log_dir,
-                             cluster_timeout=args.cluster_timeout))
+                             cluster_timeout=args.cluster_timeout), stage_config)
 
 
 def _tokenizer_train(args) -> int:
-    from .data.tokenizer import train_tokenizer
-
     tok = train_tokenizer(args.input, args.vocab_size, args.out)
     print(f"[tokenizer] {tok.vocab_size} pieces → {args.out}")
     return 0
 
 
 def _data_builtin(args) -> int:
-    from .data.builtin.task import write_builtin_task
-    from .data.tokenizer import train_tokenizer
-
     paths = write_builtin_task(args.out, seed=args.seed, shelf=args.shelf)
     tok = train_tokenizer(os.path.join(args.out, "corpus.txt"), args.vocab_size, os.path.join(args.out, "tokenizer"))
     print(f"[data] built-in task (seed {args.seed}) → {args.out}: {', '.join(sorted(map(os.path.basename, paths)))}; "
@@ -83,8 +103,6 @@ def _data_builtin(args) -> int:
 
 
 def _data_rankings(args) -> int:
-    from .trainers.rankings import sample_rankings
-
     s = sample_rankings(args.policy, args.prompts, args.out, k=args.k, noise=args.noise, seed=args.seed,
                         world_file=args.world, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                         max_prompts=args.max_prompts, batch_prompts=args.batch_prompts,
@@ -95,9 +113,6 @@ def _data_rankings(args) -> int:
 
 
 def _eval_rm(args) -> int:
-    from .trainers.reward import evaluate_rm
-    from .runtime import RuntimeConfig
-
     s = evaluate_rm(args.model, args.data, batch_size=args.batch_size, save=not args.no_save,
                     runtime_cfg=RuntimeConfig())
     where = "" if args.no_save else f" → {os.path.join(args.model, 'rm_stats.json')}"
@@ -108,9 +123,6 @@ def _eval_rm(args) -> int:
 
 
 def _generate(args) -> int:
-    from .generation import generate_file
-    from .runtime import RuntimeConfig
-
     s = generate_file(args.model, args.prompts, args.out, tokenizer=args.tokenizer,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
@@ -122,26 +134,18 @@ def _generate(args) -> int:
 
 
 def _data_export(args) -> int:
-    from .data.mindrecord import export_mindrecord
-
     n = export_mindrecord(args.input, args.out, args.kind, skip_invalid=args.skip_invalid)
     print(f"[data] {n} {args.kind} records → {args.out}")
     return 0
 
 
 def _convert(args) -> int:
-    import shutil
-
     if args.from_gguf:
-        from .nn.gguf import gguf_to_hf_folder
-
         gguf_to_hf_folder(args.from_gguf, args.out)
         print(f"[convert] {args.from_gguf} → {args.out} (HuggingFace folder with tokenizer and chat template)")
         return 0
     if not args.src:
         raise ValueError("convert: give a HuggingFace folder (SRC) or --from-gguf FILE")
-    from .nn import CausalLM
-
     model = CausalLM.from_pretrained(args.src)
     model.save_pretrained(args.out)
     for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):

@@ -12,14 +12,16 @@ Every field carries its help text in ``metadata["help"]`` (use :func:`field`), w
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import re
 import typing
 from typing import Any, Optional, Union
 
 import yaml
 
-from mindrlhf.data.formats import atomic_write_text
+from mindrlhf.io import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -30,14 +32,8 @@ def field(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any: 
     """A dataclass field with help text. Mutable defaults (lists, dataclasses) are copied per instance."""
     if default is not dataclasses.MISSING and (isinstance(default, (list, dict)) or dataclasses.is_dataclass(default)):
         proto = default
-        return dataclasses.field(default_factory=lambda: _copy(proto), metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(proto), metadata={"help": help}, **kwargs)
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
-
-
-def _copy(value):
-    import copy
-
-    return copy.deepcopy(value)
 
 
 # ----------------------------------------------------------------------------------------------- types
@@ -168,7 +164,7 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 # YAML 1.1 reads 3e-4 as a string; accept exponent floats without a dot, as people write them.
 _LineLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
 

@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from . import runtime
 from .data.encoding import EncodedPrompt, encode_prompts
-from .data.formats import atomic_write, load_prompts, write_jsonl
+from .data.formats import load_prompts
 from .data.tokenizer import Tokenizer
+from .io import write_jsonl
 from .nn.generate import GenerationConfig, GenerationOutput, Generator, batch_bucket
 from .roles import is_pretrained, load_lm
 from .runtime import RuntimeConfig
@@ -153,6 +154,6 @@ def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", 
         for i, prompt in enumerate(prompts[b * batch_size : (b + 1) * batch_size]):
             answers.append(_record(prompt, gen.response_ids[i], gen.response_mask[i], gen.logprobs[i], tok))
     seconds = time.perf_counter() - began
-    atomic_write(out, lambda tmp: write_jsonl(tmp, answers))
+    write_jsonl(out, answers)
     return {"prompts": len(answers), "tokens": sum(r["num_tokens"] for r in answers),
             "finished": sum(r["finished"] for r in answers), "seconds": seconds, "out": out}

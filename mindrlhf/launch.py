@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 # The stages that train under msrun, and how each checks its batch sizes against the world size
 # (a clear error, or the per-rank sizes).
@@ -57,9 +57,9 @@ def _fail(message: str):
     raise ValueError(f"launch: {message}")
 
 
-def check_plan(plan: LaunchPlan):
+def check_plan(plan: LaunchPlan, stage_config: Callable[[str, list], object]):
     """Everything that can be checked before spawning: sizes, the stage's config and batch layout, the port.
-    Returns the stage's config, as the workers will load it."""
+    ``stage_config(stage, stage_args)`` reads the config as the stage command does. Returns that config."""
     if plan.stage not in WORLD_CHECKS:
         _fail(f"stage {plan.stage!r} cannot be launched; expected one of {', '.join(WORLD_CHECKS)} "
               "(run a pipeline's stages one launch at a time)")
@@ -69,26 +69,10 @@ def check_plan(plan: LaunchPlan):
         _fail(f"--node-rank {plan.node_rank} is outside 0..{plan.nodes - 1} for --nodes {plan.nodes}")
     if not 1024 <= plan.master_port <= 65535:
         _fail(f"--master-port {plan.master_port}: expected a port in 1024..65535")
-    cfg = load_stage_config(plan.stage, plan.stage_args)
+    cfg = stage_config(plan.stage, plan.stage_args)
     WORLD_CHECKS[plan.stage](cfg, plan.world_size)
     if plan.node_rank == 0:  # the scheduler listens on node 0; other nodes only connect to it
         check_port_free(plan.master_addr, plan.master_port)
-    return cfg
-
-
-def load_stage_config(stage: str, stage_args: list):
-    """The config the workers will load, read here with the stage command's own parser and loader."""
-    import importlib
-
-    from .cli import STAGES, build_parser
-    from .config import load_config
-
-    args = build_parser().parse_args([stage, *stage_args])
-    module_name, cls_name, _, _ = STAGES[stage]
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    cfg = load_config(cls, args.config, args.overrides)
-    if args.resume and hasattr(cfg, "out_dir"):
-        cfg.out_dir = args.resume  # as the stage command does: a resumed run keeps writing where it was
     return cfg
 
 
@@ -150,9 +134,10 @@ def tail(path: str, lines: int = 20) -> str:
         return "".join(fh.readlines()[-lines:])
 
 
-def launch(plan: LaunchPlan) -> int:
-    """Check the plan, run msrun to the end, and on failure point at the first error. Returns msrun's status."""
-    cfg = check_plan(plan)
+def launch(plan: LaunchPlan, stage_config: Callable[[str, list], object]) -> int:
+    """Check the plan (see :func:`check_plan`), run msrun to the end, and on failure point at the first error.
+    Returns msrun's status."""
+    cfg = check_plan(plan, stage_config)
     plan = dataclasses.replace(plan, log_dir=plan.log_dir or os.path.join(cfg.out_dir, "logs"))
     print(f"[launch] {plan.stage} on {plan.world_size} workers ({plan.workers} on this node, node "
           f"{plan.node_rank} of {plan.nodes}); logs in {plan.log_dir}", flush=True)

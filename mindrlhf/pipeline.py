@@ -30,13 +30,25 @@ from typing import Optional
 
 from . import runtime
 from .config import field, require, save_config
-from .data.formats import atomic_write_text
-from .evaluation import PROMPT_BUCKET_HELP, EvalConfig, compare
+from .data.builtin.labeler import Labeler
+from .data.builtin.task import write_builtin_task
+from .data.builtin.world import load_world
+from .data.encoding import encode_prompts
+from .data.formats import load_prompts
+from .data.tokenizer import Tokenizer, train_tokenizer
+from .evaluation import compare, EvalConfig, PROMPT_BUCKET_HELP
+from .io import atomic_write_text
+from .io.gguf import is_gguf
+from .nn.gguf import gguf_to_hf_folder
+from .report import write_report
 from .roles import is_pretrained
 from .runtime import RuntimeConfig
-from .trainers.ppo_config import PPOConfig, PPODataConfig, PPOAlgoConfig, RolloutConfig
-from .trainers.reward import RMConfig, RMDataConfig
-from .trainers.sft import SFTConfig, SFTDataConfig
+from .trainers.artifacts import load_reward_model
+from .trainers.ppo import train_ppo
+from .trainers.ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig
+from .trainers.rankings import sample_rankings
+from .trainers.reward import RMConfig, RMDataConfig, train_rm
+from .trainers.sft import SFTConfig, SFTDataConfig, train_sft
 
 
 @dataclasses.dataclass
@@ -118,8 +130,6 @@ def _fill(obj, out_dir: str):
 
 def _base_folder(spec: str, directory: str) -> str:
     """The untouched starting model as a HuggingFace folder (the evaluator loads policies from folders)."""
-    from .nn.gguf import gguf_to_hf_folder, is_gguf
-
     if is_gguf(spec) and not _done(directory):
         gguf_to_hf_folder(spec, directory)
     return directory if is_gguf(spec) else spec
@@ -149,11 +159,6 @@ def _call(isolated: bool, fn, *args, **kwargs):
 
 def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     """Run every stage that has not finished yet, then write ``out_dir/report.md``; return the summary."""
-    from .data.builtin.labeler import Labeler
-    from .data.builtin.task import write_builtin_task
-    from .data.builtin.world import load_world
-    from .data.tokenizer import train_tokenizer
-
     out = os.path.abspath(resume or cfg.out_dir)
     cfg.out_dir = out
     _fill(cfg, out)
@@ -187,13 +192,11 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
 
         timed("data", make_data)
     if not _done(os.path.join(cfg.sft.out_dir, "model")):
-        from .trainers.sft import train_sft
 
         timed("sft", lambda: _call(iso, train_sft, cfg.sft, resume=_resume_from(cfg.sft.out_dir), overwrite=True))
     sft_model = os.path.join(cfg.sft.out_dir, "model")
 
     def rank(policy_dir: str, out_file: str, seed: int):
-        from .trainers.rankings import sample_rankings
 
         r = cfg.rankings
         return _call(iso, sample_rankings, policy_dir, os.path.join(data_dir, "prompts.jsonl"), out_file, k=r.k,
@@ -202,8 +205,6 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
                      runtime_cfg=cfg.runtime)
 
     def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:
-        from .trainers.ppo import train_ppo
-        from .trainers.reward import train_rm
 
         if not _done(os.path.join(rm_cfg.out_dir, "model")):
             timed(f"rm{name}", lambda: _call(iso, train_rm, rm_cfg, resume=_resume_from(rm_cfg.out_dir), overwrite=True))
@@ -226,10 +227,6 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
     rm_dir = os.path.join(rounds[-1][0].out_dir, "model")
 
     def evaluate():
-        from .data.encoding import encode_prompts
-        from .data.formats import load_prompts
-        from .data.tokenizer import Tokenizer
-        from .trainers.artifacts import load_reward_model
 
         runtime.setup(cfg.runtime)
         tok = Tokenizer.load(sft_model)
@@ -245,7 +242,6 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
                        Labeler(load_world(os.path.join(data_dir, "world.json"))), baseline="sft")
 
     summary, answers = timed("eval", evaluate)
-    from .report import write_report
 
     summary["stage_seconds"] = times
     path = write_report(out, summary, answers, cfg.eval.samples_in_report,

@@ -7,7 +7,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .data.formats import atomic_write_text
+from .io import atomic_write_text
 from .trainers.metrics import plot_metrics, read_metrics
 
 PPO_CURVES = ["score", "labeler_score", "kl", "kl_coef", "reward", "entropy", "clipfrac", "approx_kl",

@@ -20,7 +20,7 @@ from mindspore import nn, ops
 
 from .algos import logprobs_from_logits
 from .nn import CausalLM, ModelConfig, ScalarHead
-from .nn.gguf import is_gguf
+from .io.gguf import is_gguf
 from .nn.lora import LoRAConfig, apply_lora, shared_copy
 
 

@@ -62,7 +62,7 @@ def launched_by_msrun() -> bool:
 
 
 def seed_everything(seed: int) -> None:
-    import mindspore as ms
+    import mindspore as ms  # MindSpore takes seconds to import; configs load without it
 
     random.seed(seed)
     np.random.seed(seed)
@@ -80,7 +80,7 @@ def current() -> Runtime:
 def setup(cfg: RuntimeConfig) -> Runtime:
     """Set MindSpore's context from ``cfg``, seed everything, and join the msrun group when launched by it."""
     global _CURRENT
-    import mindspore as ms
+    import mindspore as ms  # MindSpore takes seconds to import; configs load without it
 
     mode = ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode)
@@ -91,7 +91,7 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         ms.set_context(enable_graph_kernel=True)
     rank, world = 0, 1
     if launched_by_msrun():
-        from mindspore.communication import get_group_size, get_rank, init
+        from mindspore.communication import get_group_size, get_rank, init  # as mindspore above: only under msrun
 
         init()
         rank, world = get_rank(), get_group_size()
@@ -110,7 +110,7 @@ _COLLECTIVES: dict = {}
 
 def _collective(name: str):
     if name not in _COLLECTIVES:
-        from mindspore import nn, ops
+        from mindspore import nn, ops  # MindSpore takes seconds to import; configs load without it
 
         class Collective(nn.Cell):
             def __init__(self, op):
@@ -129,7 +129,7 @@ def all_reduce_sum(values) -> np.ndarray:
     values = np.asarray(values, np.float32)
     if not _CURRENT.distributed:
         return values
-    import mindspore as ms
+    import mindspore as ms  # MindSpore takes seconds to import; configs load without it
 
     return _collective("sum")(ms.Tensor(values)).asnumpy()
 
@@ -143,6 +143,6 @@ def all_gather(values: np.ndarray) -> np.ndarray:
     """Every rank's array concatenated along axis 0 in rank order; shapes and dtype must match across ranks."""
     if not _CURRENT.distributed:
         return values
-    import mindspore as ms
+    import mindspore as ms  # MindSpore takes seconds to import; configs load without it
 
     return _collective("gather")(ms.Tensor(np.ascontiguousarray(values))).asnumpy()

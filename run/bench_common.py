@@ -117,7 +117,8 @@ def pretrained_folder(size: str) -> str:
     """The HuggingFace folder of ``PRETRAINED[size]`` under run/.bench-cache, converted on first use
     (``mindrlhf convert --from-gguf``'s conversion: fp32 weights, the model's tokenizer) and again when
     the GGUF file changes."""
-    from mindrlhf.nn.gguf import gguf_path, gguf_to_hf_folder
+    from mindrlhf.io.gguf import gguf_path
+    from mindrlhf.nn.gguf import gguf_to_hf_folder
 
     source = os.path.abspath(gguf_path(PRETRAINED[size]))
     stat = os.stat(source)

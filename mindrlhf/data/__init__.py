@@ -7,5 +7,5 @@ from mindrlhf.data.batching import bucket_length, pad_left, pad_right, ranking_b
 from mindrlhf.data.encoding import (EncodedPrompt, EncodedRanking, EncodedSequence, encode_demonstrations,
                                     encode_prompts, encode_rankings)
 from mindrlhf.data.formats import (DataError, Demonstration, PromptRecord, Ranking, Records, load_demonstrations,
-                                   load_prompts, load_rankings, write_jsonl)
+                                   load_prompts, load_rankings, to_json)
 from mindrlhf.data.tokenizer import Tokenizer, train_tokenizer

@@ -19,15 +19,17 @@ Prompts (PPO/GRPO rollouts, evaluation); extra keys are kept as ``meta``::
 A loader validates every line and raises :class:`DataError` naming ``file:line``, the field and what would
 be right. With ``skip_invalid=True`` it skips such lines instead and reports them on the returned
 :class:`Records` (``skipped`` and the first few ``skip_reasons``) so the trainer can log them.
-Paths ending in ``.mindrecord`` are read through :mod:`mindrlhf.data.mindrecord`.
+Paths ending in ``.mindrecord`` are read through :mod:`mindrlhf.data.mindrecord`, and
+:func:`export_mindrecord` writes such a file from JSONL.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Tuple, Union
+
+from mindrlhf.data.mindrecord import iter_mindrecord, write_mindrecord
+from mindrlhf.io import iter_jsonl
 
 ROLES = ("system", "user", "assistant")
 MAX_REASONS = 5  # how many skip reasons a Records keeps: enough to see the pattern, short enough to log
@@ -180,24 +182,8 @@ def parse_prompt(obj: dict, where: str = "") -> PromptRecord:
 
 # ---------------------------------------------------------------- reading files
 
-def iter_jsonl(path: str) -> Iterator[Tuple[str, object]]:
-    """Yield ``("file:line", parsed JSON)`` for each non-blank line; a JSON error raises DataError."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
-                                       "expected one JSON object per line")
-
-
 def _rows(path: str) -> Iterator[Tuple[str, object]]:
     if str(path).endswith(".mindrecord"):
-        from mindrlhf.data.mindrecord import iter_mindrecord  # imports MindSpore: only when asked for
-
         return iter_mindrecord(path)
     return iter_jsonl(path)
 
@@ -208,8 +194,8 @@ def load_records(path: str, parse: Callable[[dict, str], object], kind: str, ski
     out = Records()
     for where, obj in _rows(path):
         try:
-            if isinstance(obj, DataError):
-                raise obj
+            if isinstance(obj, ValueError):  # a row the file reader could not parse
+                raise DataError(str(obj))
             if not isinstance(obj, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__} {_short(obj)}")
             try:
@@ -262,42 +248,14 @@ def to_json(record) -> dict:
     raise TypeError(f"to_json: cannot serialise {type(record).__name__}; expected a record or a dict")
 
 
-def atomic_write(path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)``, flush it to disk, then ``os.replace(tmp_path, path)``: readers (and a run
-    resumed after a crash) see the old file or the new one, never half of one. The temporary file sits
-    beside ``path`` (same filesystem) and ends with its name (writers that add a missing suffix keep it)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    atomic_write(path, write)
-
-
-def write_jsonl(path: str, records: Iterable) -> int:
-    """Write records (dataclass records or plain dicts) one JSON object per line, atomically (a failure
-    half-way leaves an existing file as it was); return how many."""
-    n = 0
-
-    def write(tmp):
-        nonlocal n
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(to_json(record), ensure_ascii=False) + "\n")
-                n += 1
-    atomic_write(path, write)
-    return n
+def export_mindrecord(jsonl_path: str, out_path: str, kind: str, skip_invalid: bool = False) -> int:
+    """Validate ``jsonl_path`` as ``kind`` (demonstrations | rankings | prompts) and write each record's
+    canonical JSON to ``out_path`` (plus MindSpore's ``out_path.db`` index). Returns the number of
+    records written; overwrites."""
+    if kind not in LOADERS:
+        raise ValueError(f"export_mindrecord: kind {kind!r} is not one of {sorted(LOADERS)}")
+    if not str(out_path).endswith(".mindrecord"):
+        raise ValueError(f"export_mindrecord: out_path {out_path!r} should end in .mindrecord, which is how the "
+                         "loaders recognise the format")
+    records = LOADERS[kind](jsonl_path, skip_invalid=skip_invalid)
+    return write_mindrecord(out_path, [(r.where, to_json(r)) for r in records], f"mindrlhf {kind}")

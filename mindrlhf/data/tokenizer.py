@@ -30,6 +30,11 @@ import os
 import shutil
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import sentencepiece as spm
+
+from mindrlhf.data.gguf_tokenizer import tokenizer_parts
+from mindrlhf.io.gguf import GGUF_PRESETS, metadata, read_gguf
+
 ROLE_MARKERS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -58,10 +63,8 @@ class Tokenizer:
         """Load a folder holding ``tokenizer.model`` (sentencepiece) or ``tokenizer.json`` (HuggingFace),
         one of those files directly, a ``.gguf`` file or a GGUF preset name (``smollm2-135m-instruct``)."""
         path = str(path)
-        if path.endswith(".gguf") or not os.path.exists(path):
-            from mindrlhf.nn.gguf import GGUF_PRESETS, gguf_tokenizer
-            if path.endswith(".gguf") or path in GGUF_PRESETS:
-                return gguf_tokenizer(path)
+        if path.endswith(".gguf") or (path in GGUF_PRESETS and not os.path.exists(path)):
+            return HFTokenizer.from_gguf(path)
         if os.path.isdir(path):
             if os.path.exists(os.path.join(path, SP_FILE)):
                 return SentencePieceTokenizer(os.path.join(path, SP_FILE))
@@ -154,8 +157,6 @@ class SentencePieceTokenizer(Tokenizer):
     """A sentencepiece model trained by :func:`train_tokenizer` (ids: pad=0, unk=1, bos=2, eos=3)."""
 
     def __init__(self, model_file: str):
-        import sentencepiece as spm
-
         if not os.path.isfile(model_file):
             raise FileNotFoundError(f"sentencepiece model not found: {model_file}")
         self.model_file = model_file
@@ -197,7 +198,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, json_file: str):
         try:
-            import tokenizers
+            import tokenizers  # optional (the `gguf` extra): only HuggingFace tokenizers need it
         except ImportError as e:
             raise ImportError(f"loading {json_file} needs the `tokenizers` package: pip install tokenizers") from e
         config_file = os.path.join(os.path.dirname(json_file), HF_CONFIG)
@@ -213,6 +214,13 @@ class HFTokenizer(Tokenizer):
         self = cls.__new__(cls)
         self._setup(tok, config, where, where)
         return self
+
+    @classmethod
+    def from_gguf(cls, name_or_path) -> "HFTokenizer":
+        """The tokenizer (with its chat template) stored in a GGUF file, from a path or preset name."""
+        path, reader = read_gguf(name_or_path)
+        tok, config = tokenizer_parts(metadata(reader), where=path)
+        return cls.from_parts(tok, config, where=path)
 
     def _setup(self, tok, config: dict, json_file: str, config_file: str) -> None:
         self.tok = tok
@@ -277,7 +285,7 @@ def render_chat_template(template: str, messages: Sequence[dict], add_generation
     """A HuggingFace/GGUF jinja chat template -> text, rendered the way transformers renders it
     (sandboxed, ``trim_blocks`` and ``lstrip_blocks``; ``bos_token`` etc. and ``raise_exception`` defined)."""
     try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from jinja2.sandbox import ImmutableSandboxedEnvironment  # optional: only chat templates need it
     except ImportError as e:
         raise ImportError("this tokenizer has a chat_template; rendering it needs jinja2: pip install jinja2") from e
 
@@ -301,8 +309,6 @@ def train_tokenizer(input_txt: Union[str, Sequence[str]], vocab_size: int, out_d
     BPE is the default: on the small, repetitive built-in corpus it learned whole words and names where
     unigram kept splitting common words (demonstrations were ~40 vs ~68 tokens long at vocab 1000).
     """
-    import sentencepiece as spm
-
     files = [input_txt] if isinstance(input_txt, (str, os.PathLike)) else list(input_txt)
     for f in files:
         if not os.path.isfile(f):

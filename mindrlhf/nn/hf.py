@@ -7,37 +7,13 @@ q/k/v are one fused `qkv_proj` ([q | k | v] rows) and llama's gate/up are one `u
 """
 import json
 import os
-import struct
 
 import numpy as np
 
+from mindrlhf.io import atomic_write_text, read_safetensors, write_safetensors
 from mindrlhf.nn.config import ModelConfig
 
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM")
-_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-              "U8": np.uint8, "BOOL": np.bool_}
-
-
-def read_safetensors(path) -> dict:
-    """All tensors of a safetensors file as numpy float32 arrays (bf16 widened by hand: numpy has no bf16)."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        raw = data[start:end]
-        if info["dtype"] == "BF16":  # bf16 is the top half of an fp32
-            arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-        elif info["dtype"] in _NP_DTYPES:
-            arr = np.frombuffer(raw, _NP_DTYPES[info["dtype"]])
-        else:
-            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which mindrlhf cannot read")
-        out[name] = arr.reshape(info["shape"]).astype(np.float32)
-    return out
 
 
 # ---- config.json ---------------------------------------------------------------------------
@@ -191,14 +167,5 @@ def load_hf_folder(path):
 
 def save_hf_folder(cfg: ModelConfig, ours: dict, directory):
     """config.json + model.safetensors (fp32) that transformers loads; each file written atomically."""
-    from safetensors.numpy import save_file
-    from mindrlhf.data.formats import atomic_write
-    os.makedirs(directory, exist_ok=True)
-    text = json.dumps(config_to_hf(cfg), indent=2)
-
-    def write_json(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    hf = ours_to_hf(cfg, ours)
-    atomic_write(os.path.join(directory, "model.safetensors"), lambda tmp: save_file(hf, tmp, metadata={"format": "pt"}))
-    atomic_write(os.path.join(directory, "config.json"), write_json)
+    write_safetensors(os.path.join(directory, "model.safetensors"), ours_to_hf(cfg, ours), metadata={"format": "pt"})
+    atomic_write_text(os.path.join(directory, "config.json"), json.dumps(config_to_hf(cfg), indent=2))

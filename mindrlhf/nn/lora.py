@@ -32,6 +32,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, initializer
 
 from mindrlhf.config import field, require
+from mindrlhf.io import read_safetensors, safetensors_metadata, write_safetensors
 from mindrlhf.nn.layers import Linear
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -200,10 +201,8 @@ def shared_copy(model):
     base, and ``apply_lora(shared_copy(m), cfg)`` gives a second adapted model (e.g. a critic) on the
     same base. Building the structure allocates a fresh model's parameters for a moment (CausalLM
     initialises eagerly); they are dropped when the shared ones take their place."""
-    from mindrlhf.nn.model import CausalLM
-
     own = {name: p for name, p in model.parameters_and_names() if not is_lora_name(name)}
-    view = CausalLM(model.config)
+    view = type(model)(model.config)
     cells = dict(view.cells_and_names())
     for name, _ in list(view.parameters_and_names()):
         if name not in own:
@@ -250,23 +249,18 @@ def merge_lora(model) -> None:
 def save_adapters(model, path, base: str = "") -> None:
     """The adapter parameters alone, plus their LoRAConfig in the file's metadata (safetensors);
     ``base`` records the model the adapters belong on (the stage's starting model)."""
-    from safetensors.numpy import save_file
-    from mindrlhf.data.formats import atomic_write
     cfg = getattr(model, "lora_config", None)
     if cfg is None or not has_lora(model):
         raise ValueError("save_adapters: the model has no LoRA adapters (apply_lora first)")
     tensors = {name: p.asnumpy() for name, p in model.parameters_and_names() if is_lora_name(name)}
     meta = {"format": "mindrlhf-lora", "lora_config": json.dumps(asdict(cfg)), "base_model": str(base)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    write_safetensors(path, tensors, metadata=meta)
 
 
 def load_adapters(model, path) -> list:
     """Load adapters saved by `save_adapters`; a model without adapters gets them applied first with
     the saved LoRAConfig. Names and shapes must match. Returns the adapter parameters."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata() or {}
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    meta, tensors = safetensors_metadata(path), read_safetensors(path)
     if meta.get("format") != "mindrlhf-lora":
         raise ValueError(f"{path}: not a mindrlhf LoRA adapter file (metadata format={meta.get('format')!r})")
     saved = LoRAConfig(**json.loads(meta["lora_config"]))

@@ -13,9 +13,13 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from mindrlhf.data.formats import atomic_write
+from mindrlhf.io import read_safetensors, write_safetensors
+from mindrlhf.io.gguf import is_gguf
 from mindrlhf.nn.config import ModelConfig
+from mindrlhf.nn.gguf import load_gguf
+from mindrlhf.nn.hf import load_hf_folder, save_hf_folder
 from mindrlhf.nn.layers import MASK_VALUE, DecoderLayer, Embedding, LayerNorm, Linear, RMSNorm, rope_tables
+from mindrlhf.nn.lora import merged_weights
 
 
 def positions_from_mask(mask):
@@ -149,12 +153,9 @@ class CausalLM(nn.Cell):
 
     def save_weights(self, path):
         """Our parameter names -> a safetensors file, written atomically (temp file + os.replace)."""
-        from safetensors.numpy import save_file
-        tensors = {name: p.asnumpy() for name, p in self.named_weights()}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "mindrlhf"}))
+        write_safetensors(path, {name: p.asnumpy() for name, p in self.named_weights()}, metadata={"format": "mindrlhf"})
 
     def load_weights(self, path):
-        from mindrlhf.nn.hf import read_safetensors
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_weights: no weights file at {path}")
         self.assign_weights(read_safetensors(path), source=str(path))
@@ -176,8 +177,6 @@ class CausalLM(nn.Cell):
     def from_pretrained(cls, path, compute_dtype=None) -> "CausalLM":
         """Load a HuggingFace folder (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM), a llama.cpp
         `.gguf` file (dequantized to fp32), or a GGUF preset name such as `smollm2-135m-instruct`."""
-        from mindrlhf.nn.gguf import is_gguf, load_gguf
-        from mindrlhf.nn.hf import load_hf_folder
         config, tensors = load_gguf(path) if is_gguf(path) else load_hf_folder(path)
         if compute_dtype is not None:
             config.compute_dtype = compute_dtype
@@ -190,6 +189,4 @@ class CausalLM(nn.Cell):
         """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads. LoRA
         adapters, if any, are written folded into their base weights (the model itself is unchanged);
         ``nn.lora.save_adapters`` writes the adapters alone."""
-        from mindrlhf.nn.hf import save_hf_folder
-        from mindrlhf.nn.lora import merged_weights  # lora builds on this module
         save_hf_folder(self.config, merged_weights(self), directory)

@@ -15,10 +15,9 @@ import mindspore as ms
 import numpy as np
 
 from ..config import save_config
-from ..data.formats import atomic_write
 from ..data.tokenizer import Tokenizer
+from ..io import atomic_write_text, read_safetensors, write_safetensors
 from ..nn import CausalLM
-from ..nn.hf import read_safetensors
 from ..nn.lora import ADAPTER_FILE, has_lora, save_adapters
 from ..roles import RewardModel, is_pretrained
 
@@ -50,11 +49,9 @@ def export_model(model, tokenizer, cfg, directory: str, base: str = "") -> None:
 
 def export_reward_model(reward_model: RewardModel, tokenizer, cfg, directory: str) -> None:
     """Trunk as a HuggingFace folder + tokenizer + config (as :func:`export_model`), plus the scalar head."""
-    from safetensors.numpy import save_file  # optional heavy dependency, needed only when writing
-
     export_model(reward_model.trunk, tokenizer, cfg, directory, base=cfg.model)
     head = {"weight": reward_model.head.weight.asnumpy(), "bias": reward_model.head.bias.asnumpy()}
-    atomic_write(os.path.join(directory, HEAD_FILE), lambda tmp: save_file(head, tmp))
+    write_safetensors(os.path.join(directory, HEAD_FILE), head)
 
 
 def load_reward_model(directory: str, compute_dtype: str = "") -> RewardModel:
@@ -76,7 +73,7 @@ def load_reward_model(directory: str, compute_dtype: str = "") -> RewardModel:
 
 def write_stats(stats: dict, directory: str) -> str:
     path = os.path.join(directory, STATS_FILE)
-    atomic_write(path, lambda tmp: open(tmp, "w", encoding="utf-8").write(json.dumps(stats, indent=1) + "\n"))
+    atomic_write_text(path, json.dumps(stats, indent=1) + "\n")
     return path
 
 

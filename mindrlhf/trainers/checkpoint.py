@@ -25,7 +25,7 @@ from typing import Optional
 
 import mindspore as ms
 
-from mindrlhf.data.formats import atomic_write, atomic_write_text
+from mindrlhf.io import atomic_write, atomic_write_text
 
 
 def save_cell_weights(cell, path: str) -> None:

@@ -6,7 +6,7 @@ import math
 import os
 from typing import Iterable, Optional
 
-from mindrlhf.data.formats import atomic_write, atomic_write_text
+from mindrlhf.io import atomic_write, atomic_write_text
 
 
 class MetricsLogger:

@@ -35,6 +35,8 @@ from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
 from ..data.batching import bucket_length
+from ..data.builtin.labeler import Labeler
+from ..data.builtin.world import load_world
 from ..generation import generation_config
 from ..nn.generate import Generator
 from ..nn.lora import TrainableParams
@@ -124,9 +126,6 @@ class PPOTrainer(Stage):
         self.order = DataOrder(len(self.prompts), cfg.rollout.batch_size, cfg.runtime.seed)
         self.labeler = None
         if cfg.data.labeler_world:
-            from ..data.builtin.labeler import Labeler
-            from ..data.builtin.world import load_world
-
             self.labeler = Labeler(load_world(cfg.data.labeler_world))
         if cfg.ppo.gold_reward:
             reward_fn = self._labeler_scores

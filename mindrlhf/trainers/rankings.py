@@ -18,8 +18,9 @@ from ..data.builtin.labeler import Labeler
 from ..data.builtin.task import make_rankings
 from ..data.builtin.world import load_world
 from ..data.encoding import encode_prompts
-from ..data.formats import atomic_write, load_prompts, write_jsonl
+from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
+from ..io import write_jsonl
 from ..generation import generate_batches, generation_config, response_texts
 from ..nn import CausalLM
 from ..nn.generate import Generator
@@ -62,7 +63,7 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
     labeler = Labeler(load_world(world_file))
     prompts = [p.text for p in encoded]
     rankings = make_rankings(prompts, responses, labeler, np.random.default_rng([seed, 1]), noise)
-    atomic_write(out, lambda tmp: write_jsonl(tmp, rankings))  # the pipeline takes an existing file as a done stage
+    write_jsonl(out, rankings)  # the pipeline takes an existing file as a done stage
     scores = [labeler.score(p, r) for p, rs in zip(prompts, responses) for r in rs]
     return {"prompts": len(prompts), "rankings": len(rankings), "dropped": len(prompts) - len(rankings),
             "skipped_prompts": encoded.skipped, "mean_score": float(np.mean(scores)), "out": out}

@@ -7,7 +7,8 @@ import pytest
 
 from mindrlhf.data.builtin import Labeler, ideal_response, load_world, make_rankings, make_world, write_builtin_task
 from mindrlhf.data.builtin.task import prompt_text
-from mindrlhf.data.formats import load_demonstrations, load_prompts, load_rankings, write_jsonl
+from mindrlhf.data.formats import load_demonstrations, load_prompts, load_rankings
+from mindrlhf.io import write_jsonl
 from mindrlhf.data.tokenizer import train_tokenizer
 
 SEEDS = (0, 1, 2)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mindrlhf.data.builtin import Labeler, ideal_response, load_world, make_world, write_builtin_task
-from mindrlhf.data.builtin.labeler import SHELF_INTRO
+from mindrlhf.data.builtin.templates import SHELF_INTRO
 from mindrlhf.data.builtin.task import prompt_text, shelf_for
 from mindrlhf.data.formats import load_demonstrations, load_prompts
 

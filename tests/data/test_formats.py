@@ -4,7 +4,8 @@ import json
 import pytest
 
 from mindrlhf.data.formats import (DataError, Demonstration, PromptRecord, Ranking, load_demonstrations,
-                                   load_prompts, load_rankings, write_jsonl)
+                                   load_prompts, load_rankings, to_json)
+from mindrlhf.io import write_jsonl
 
 
 def write_lines(path, lines):
@@ -95,26 +96,19 @@ def test_no_valid_records_is_an_error(tmp_path):
         load_prompts(path, skip_invalid=True)
 
 
-def test_write_jsonl_round_trip(tmp_path):
+def test_records_round_trip_through_to_json(tmp_path):
     records = [Ranking("p", ("best", "mid", "worst")), Ranking("q", ("a", "b"))]
-    write_jsonl(tmp_path / "out.jsonl", records)
+    write_jsonl(tmp_path / "out.jsonl", map(to_json, records))
     assert load_rankings(str(tmp_path / "out.jsonl")) == records
     demos = [Demonstration("p", "r"), Demonstration([{"role": "user", "content": "u"}], "a\n b")]
-    write_jsonl(tmp_path / "d.jsonl", demos)
+    write_jsonl(tmp_path / "d.jsonl", map(to_json, demos))
     assert load_demonstrations(str(tmp_path / "d.jsonl")) == demos
+    prompts = [PromptRecord("p", {"genre": "comedy", "seen": None})]
+    write_jsonl(tmp_path / "p.jsonl", map(to_json, prompts))
+    assert load_prompts(str(tmp_path / "p.jsonl")) == prompts
 
 
-def test_write_jsonl_failing_half_way_keeps_the_old_file(tmp_path):
-    path = tmp_path / "out.jsonl"
-    write_jsonl(path, [{"prompt": "old"}])
-
-    def records():
-        yield {"prompt": "new"}
-        raise RuntimeError("generator broke")
-
-    with pytest.raises(RuntimeError, match="generator broke"):
-        write_jsonl(path, records())
-    assert path.read_text(encoding="utf-8") == '{"prompt": "old"}\n'
-    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary file left behind
-    assert write_jsonl(path, [{"a": 1}, {"a": 2}]) == 2
-    assert path.read_text(encoding="utf-8").splitlines() == ['{"a": 1}', '{"a": 2}']
+def test_a_line_that_is_not_json_is_a_data_error(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [{"prompt": "ok"}, "{oops"])
+    with pytest.raises(DataError, match=r"p\.jsonl:2: not valid JSON \(.* at column 2\); expected one JSON object"):
+        load_prompts(path)

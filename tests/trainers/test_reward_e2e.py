@@ -12,7 +12,8 @@ from mindrlhf.config import load_config
 from mindrlhf.data.builtin import Labeler, ideal_response, make_rankings, write_builtin_task
 from mindrlhf.data.builtin.task import demonstration, prompt_text, sample_prompts
 from mindrlhf.data.builtin.world import load_world
-from mindrlhf.data.formats import load_rankings, write_jsonl
+from mindrlhf.data.formats import load_rankings
+from mindrlhf.io import write_jsonl
 from mindrlhf.data.tokenizer import train_tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.trainers.metrics import read_metrics

@@ -6,7 +6,7 @@ Scoring rubric, ``score(prompt, response) = sum of``:
 
 From the prompt the labeler reads the requested genre (genre words, e.g. "comedies", "scary") and the
 title the user has already seen (any catalogue title in the prompt before the shelf, if the prompt lists
-films on a shelf: see :data:`SHELF_INTRO`). In the response, the
+films on a shelf: see :data:`~mindrlhf.data.builtin.templates.SHELF_INTRO`). In the response, the
 *recommendation* is the first catalogue title mentioned, skipping mentions of the seen title that are
 acknowledgements (preceded closely by "seen", "saw", "watched", "liked", ...).
 
@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mindrlhf.data.builtin.templates import SHELF_INTRO
 from mindrlhf.data.builtin.world import GENRES, Movie, World
 
 MAX_WORDS = 30
@@ -42,7 +43,6 @@ ACK_WORDS = re.compile(r"\b(seen|saw|watched|liked|loved|enjoyed)\b", re.IGNOREC
 ACK_WINDOW = 30  # characters before a seen-title mention searched for an acknowledgement word
 YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 QUOTED = re.compile(r"\"([^\"]{1,80})\"")
-SHELF_INTRO = "\nOn my shelf: "  # a prompt may end with films to choose from; the request is the text before it
 
 
 def _phrase(text: str) -> re.Pattern:

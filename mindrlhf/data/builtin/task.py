@@ -30,31 +30,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mindrlhf.data.builtin.labeler import SHELF_INTRO
+from mindrlhf.data.builtin.templates import (ACKS, FULL_ANSWERS, PARTIAL_ANSWER, PROMPT_TEMPLATES, SEEN_TEMPLATES,
+                                             SHELF_ENTRY, SHELF_FULL_ANSWERS, SHELF_INTRO, SHELF_PARTIAL_ANSWER,
+                                             SHELF_TERSE_ANSWERS, TERSE_ANSWERS)
 from mindrlhf.data.builtin.world import GENRES, make_world
-from mindrlhf.data.formats import write_jsonl
-
-PROMPT_TEMPLATES = ("I'm in the mood for {a_genre}.", "Any good {genres}?", "Can you recommend {a_genre}?",
-                    "I want to watch {a_genre} tonight.", "Suggest {a_genre} for me, please.",
-                    "What {genres} should I watch?")
-SEEN_TEMPLATES = (" I've already seen \"{seen}\".", " I just watched \"{seen}\".")
-FULL_ANSWERS = ("Try \"{title}\" ({year}), directed by {director}. It is about {description}.",
-                "I recommend \"{title}\", {a_genre} from {year} by {director}.",
-                "You might like \"{title}\" by {director}, about {description}.",
-                "Watch \"{title}\" ({year}), about {description}.")
-TERSE_ANSWERS = ("Try \"{title}\".", "\"{title}\" is a good pick.", "Watch \"{title}\".")
-PARTIAL_ANSWER = "Try \"{title}\" from {year}."
-ACKS = ("Glad you liked \"{seen}\"! ", "Since you saw \"{seen}\", ")
-SHELF_ENTRY = "{genre}: \"{title}\" ({year}, by {director}: {description})"
-# with a shelf, answers name the genre of the film they pick just before its title, as the shelf does
-SHELF_FULL_ANSWERS = ("Your {genre}: \"{title}\" ({year}), directed by {director}. It is about {description}.",
-                      "Your {genre}: \"{title}\", from {year} by {director}.",
-                      "Your {genre}: \"{title}\" by {director}, about {description}.",
-                      "Your {genre}: \"{title}\" ({year}), about {description}.")
-SHELF_TERSE_ANSWERS = ("Your {genre}: \"{title}\".",)
-SHELF_PARTIAL_ANSWER = "Your {genre}: \"{title}\", from {year}."
-TEMPLATE_TEXT = (PROMPT_TEMPLATES + SEEN_TEMPLATES + FULL_ANSWERS + TERSE_ANSWERS + (PARTIAL_ANSWER,) + ACKS
-                 + (SHELF_INTRO, SHELF_ENTRY) + SHELF_FULL_ANSWERS + SHELF_TERSE_ANSWERS + (SHELF_PARTIAL_ANSWER,))
+from mindrlhf.io import write_jsonl
 
 P_SEEN = 0.4  # share of prompts that name a seen title
 P_SEEN_SAME_GENRE = 0.8  # a seen title is usually of the requested genre, where recommending it is tempting

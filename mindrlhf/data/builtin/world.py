@@ -14,6 +14,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from mindrlhf.data.builtin.templates import TEMPLATE_TEXT
+
 # genre -> (singular phrase with article, plural phrase, words that name it in text)
 GENRES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "comedy": ("a comedy", "comedies", ("comedy", "comedies", "funny")),
@@ -93,9 +95,7 @@ def load_world(path: str) -> World:
 
 def _plain_words() -> set:
     """Every lower-case word the world and the task templates use, which invented names must avoid."""
-    from mindrlhf.data.builtin import task  # the templates live there
-
-    text = " ".join(NOUNS + TITLE_PATTERNS + PEOPLE + ACTIONS + task.TEMPLATE_TEXT)
+    text = " ".join(NOUNS + TITLE_PATTERNS + PEOPLE + ACTIONS + TEMPLATE_TEXT)
     text += " " + " ".join(" ".join((s, p) + words) for s, p, words in GENRES.values())
     return set(re.findall(r"[a-z]+", text.lower()))
 
