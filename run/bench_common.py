@@ -266,6 +266,33 @@ def speedup(ours: dict, peer: dict, metric: str):
     return a / b if a and b else None
 
 
+def orchestrate(script: str, args, bench: str, peer: str, peer_python: str, child_args, settings: tuple,
+                notes: list, peer_name, describe) -> dict:
+    """Every size in ``args.sizes``: prepare its model folders, then run mindrlhf and ``peer`` (side names
+    for ``child_args(args, side, size, folder)``), each in its own child process; one report row a size.
+
+    ``peer_name(versions)`` labels the peer's column, ``describe(result)`` is the line printed per side."""
+    rows, vers = [], {}
+    for size in args.sizes.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"bench_{bench}_{size}_") as folder:
+            prep = run_child(sys.executable, script, child_args(args, "prepare", size, folder), args.timeout)
+            if "error" in prep:
+                raise RuntimeError(f"preparing the {size} model folders failed: {prep['error']}")
+            ours = ({"error": f"skipped (--sides {peer})"} if args.sides == peer else
+                    run_child(sys.executable, script, child_args(args, "ours", size, folder), args.timeout))
+            theirs = ({"error": "skipped (--sides ours)"} if args.sides == "ours" else
+                      run_child(peer_python, script, child_args(args, peer, size, folder), args.timeout))
+        vers.update(ours.get("versions", {}), **theirs.get("versions", {}))
+        rows.append({"bench": bench, "size": size, "settings": {k: getattr(args, k) for k in settings},
+                     "ours": ours, "peer_name": peer_name(theirs.get("versions", {})), "peer": theirs,
+                     "speed_metric": "tokens_per_s", "speedup": speedup(ours, theirs, "tokens_per_s"),
+                     "notes": notes + size_notes(size)})
+        for name, d in (("ours", ours), (peer, theirs)):
+            print(f"[{size}] {name}: {d['error'] if 'error' in d else describe(d)}", flush=True)
+        print(f"[{size}] speedup (ours/{peer} tokens/s): {rows[-1]['speedup']}", flush=True)
+    return {"versions": vers, "rows": rows}
+
+
 # ------------------------------------------------------------------------------------ the report
 def _fmt(x, digits=2):
     if x is None:

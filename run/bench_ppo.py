@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -254,37 +253,18 @@ def child_args(args, side: str, size: str, folder: str) -> list:
     return out
 
 
+def describe(d: dict) -> str:
+    return (f"{d['step_s']:.2f} s/iteration ({d['tokens_per_s']:.1f} tok/s, CPU {d['cpu_step_s']:.2f} s/iteration), "
+            f"first {d['first_s']:.1f} s, gen/score/train {d['time_generate']:.2f}/{d['time_score']:.2f}/"
+            f"{d['time_train']:.2f} s, peak RSS {d['peak_rss_mb']:.0f} MB; profile "
+            + ", ".join(f"{k} {v:.2f}" for k, v in d["profile"].items()))
+
+
 def orchestrate(args) -> dict:
-    rows, vers = [], {}
-    here = os.path.abspath(__file__)
-    for size in args.sizes.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"bench_ppo_{size}_") as folder:
-            prep = bc.run_child(sys.executable, here, child_args(args, "prepare", size, folder), args.timeout)
-            if "error" in prep:
-                raise RuntimeError(f"preparing the {size} model folders failed: {prep['error']}")
-            ours = ({"error": "skipped (--sides trl)"} if args.sides == "trl" else
-                    bc.run_child(sys.executable, here, child_args(args, "ours", size, folder), args.timeout))
-            peer = ({"error": "skipped (--sides ours)"} if args.sides == "ours" else
-                    bc.run_child(args.trl_python, here, child_args(args, "trl", size, folder), args.timeout))
-        vers.update(ours.get("versions", {}), **peer.get("versions", {}))
-        settings = {k: getattr(args, k) for k in ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch",
-                                                  "iters", "jit_level", "graph_kernel", "threads",
-                                                  "ms_threads")}
-        rows.append({"bench": "ppo", "size": size, "settings": settings, "ours": ours,
-                     "peer_name": "trl " + peer.get("versions", {}).get("trl", "?"), "peer": peer,
-                     "speed_metric": "tokens_per_s", "speedup": bc.speedup(ours, peer, "tokens_per_s"),
-                     "notes": NOTES + bc.size_notes(size)})
-        for name, d in (("ours", ours), ("trl", peer)):
-            if "error" in d:
-                print(f"[{size}] {name}: {d['error']}")
-            else:
-                print(f"[{size}] {name}: {d['step_s']:.2f} s/iteration ({d['tokens_per_s']:.1f} tok/s, CPU "
-                      f"{d['cpu_step_s']:.2f} s/iteration), first "
-                      f"{d['first_s']:.1f} s, gen/score/train {d['time_generate']:.2f}/{d['time_score']:.2f}/"
-                      f"{d['time_train']:.2f} s, peak RSS {d['peak_rss_mb']:.0f} MB; profile "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in d["profile"].items()), flush=True)
-        print(f"[{size}] speedup (ours/TRL tokens/s): {rows[-1]['speedup']}", flush=True)
-    return {"versions": vers, "rows": rows}
+    return bc.orchestrate(os.path.abspath(__file__), args, "ppo", "trl", args.trl_python, child_args,
+                          ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch", "iters", "jit_level",
+                           "graph_kernel", "threads", "ms_threads"),
+                          NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
 
 
 def main():

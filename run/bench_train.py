@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,34 +119,15 @@ def child_args(args, side: str, size: str, folder: str) -> list:
     return out + (["--graph-kernel"] if args.graph_kernel else [])
 
 
+def describe(d: dict) -> str:
+    return (f"{d['step_s']:.3f} s/step ({d['tokens_per_s']:.0f} tok/s, CPU {d['cpu_step_s']:.3f} s/step), first "
+            f"{d['first_s']:.1f} s, first loss {d['first_loss']:.5f}, peak RSS {d['peak_rss_mb']:.0f} MB")
+
+
 def orchestrate(args) -> dict:
-    rows, vers = [], {}
-    here = os.path.abspath(__file__)
-    for size in args.sizes.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"bench_train_{size}_") as folder:
-            prep = bc.run_child(sys.executable, here, child_args(args, "prepare", size, folder), args.timeout)
-            if "error" in prep:
-                raise RuntimeError(f"preparing the {size} model folder failed: {prep['error']}")
-            ours = ({"error": "skipped (--sides torch)"} if args.sides == "torch" else
-                    bc.run_child(sys.executable, here, child_args(args, "ours", size, folder), args.timeout))
-            peer = ({"error": "skipped (--sides ours)"} if args.sides == "ours" else
-                    bc.run_child(args.torch_python, here, child_args(args, "torch", size, folder), args.timeout))
-        vers.update(ours.get("versions", {}), **peer.get("versions", {}))
-        settings = {"batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "jit_level": args.jit_level,
-                    "graph_kernel": args.graph_kernel, "threads": args.threads, "ms_threads": args.ms_threads}
-        rows.append({"bench": "train", "size": size, "settings": settings, "ours": ours,
-                     "peer_name": "torch " + peer.get("versions", {}).get("torch", "?") + " loop", "peer": peer,
-                     "speed_metric": "tokens_per_s", "speedup": bc.speedup(ours, peer, "tokens_per_s"),
-                     "notes": NOTES + bc.size_notes(size)})
-        for name, d in (("ours", ours), ("torch", peer)):
-            if "error" in d:
-                print(f"[{size}] {name}: {d['error']}")
-            else:
-                print(f"[{size}] {name}: {d['step_s']:.3f} s/step ({d['tokens_per_s']:.0f} tok/s, CPU "
-                      f"{d['cpu_step_s']:.3f} s/step), first "
-                      f"{d['first_s']:.1f} s, first loss {d['first_loss']:.5f}, peak RSS {d['peak_rss_mb']:.0f} MB")
-        print(f"[{size}] speedup (ours/torch tokens/s): {rows[-1]['speedup']}", flush=True)
-    return {"versions": vers, "rows": rows}
+    return bc.orchestrate(os.path.abspath(__file__), args, "train", "torch", args.torch_python, child_args,
+                          ("batch", "seq_len", "steps", "jit_level", "graph_kernel", "threads", "ms_threads"),
+                          NOTES, lambda v: "torch " + v.get("torch", "?") + " loop", describe)
 
 
 def main():

@@ -129,7 +129,7 @@ def test_failed_job_points_at_the_worker_log_with_the_error(task, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, options, message", [
-    ("launch_8.sh", [], "train.batch_size: 12 does not divide over 8 ranks"),
+    ("launch.sh", ["8"], "train.batch_size: 12 does not divide over 8 ranks"),
     ("launch_multinode.sh", ["--node_rank", "1", "--master_addr", "127.0.0.1", "--nodes", "2", "--nproc", "5"],
      "train.batch_size: 12 does not divide over 10 ranks"),
 ])
