@@ -39,8 +39,8 @@ class EncodedPrompt:
 
 
 def _too_long(where: str, what: str, n: int, limit: int, limit_name: str) -> DataError:
-    return DataError(f"{where}: {what} is {n} tokens, longer than {limit_name}={limit}; shorten it, raise "
-                     f"{limit_name}, or pass skip_invalid=True to skip such lines (they are never truncated)")
+    return DataError(f"{where}: {what} is {n} tokens, longer than data.{limit_name}={limit}; shorten it, raise "
+                     f"data.{limit_name}, or set data.skip_invalid=true to skip such lines (they are never truncated)")
 
 
 def encode_demonstrations(records: Sequence[Demonstration], tokenizer, max_length: int,

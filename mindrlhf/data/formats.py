@@ -25,6 +25,7 @@ Paths ending in ``.mindrecord`` are read through :mod:`mindrlhf.data.mindrecord`
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Tuple, Union
 
@@ -152,7 +153,10 @@ def parse_demonstration(obj: dict, where: str = "") -> Demonstration:
 def parse_ranking(obj: dict, where: str = "") -> Ranking:
     prompt = _text(obj, "prompt")
     if "chosen" in obj or "rejected" in obj:
-        return Ranking(prompt, (_text(obj, "chosen"), _text(obj, "rejected")), where)
+        pair = (_text(obj, "chosen"), _text(obj, "rejected"))
+        if pair[0] == pair[1]:
+            raise _Bad("'chosen' and 'rejected' are the same text; a preference needs two different answers")
+        return Ranking(prompt, pair, where)
     if "responses" not in obj:
         raise _Bad("expected 'responses' and 'ranking', or the pairwise 'chosen' and 'rejected'; "
                    f"found keys {sorted(obj)}")
@@ -164,6 +168,9 @@ def parse_ranking(obj: dict, where: str = "") -> Ranking:
     for i, r in enumerate(responses):
         if not isinstance(r, str) or not r.strip():
             raise _Bad(f"field 'responses[{i}]': expected a non-empty string, got {_short(r)}")
+    if len(set(responses)) < 2:
+        raise _Bad(f"field 'responses': all {len(responses)} responses are the same text; a ranking needs at "
+                   "least two different answers")
     if "ranking" not in obj:
         raise _Bad(f"field 'ranking' is missing; expected a permutation of 0..{len(responses) - 1}, best first")
     ranking = obj["ranking"]
@@ -191,6 +198,8 @@ def _rows(path: str) -> Iterator[Tuple[str, object]]:
 def load_records(path: str, parse: Callable[[dict, str], object], kind: str, skip_invalid: bool = False) -> Records:
     """Parse every row of ``path`` with ``parse``; raise DataError, or skip and count with ``skip_invalid``."""
     path = str(path)
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; expected a {kind} JSONL file")
     out = Records()
     for where, obj in _rows(path):
         try:

@@ -14,11 +14,17 @@ class JSONLineError(ValueError):
 def iter_jsonl(path) -> Iterator[Tuple[str, object]]:
     """Yield ``("file:line", value)`` for each non-blank line. A line that is not valid JSON yields a
     :class:`JSONLineError` in place of its value, so a reader may skip it and go on, or raise it."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:  # a UTF-8 byte-order mark (files saved on Windows) is allowed on the first line
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield where, JSONLineError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                           f"{e.start + 1}); save the file as UTF-8")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:

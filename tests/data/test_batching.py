@@ -69,7 +69,7 @@ class CharTokenizer:
 def test_length_check_errors_or_skips():
     demos = Records([Demonstration("abc", "de", "f.jsonl:1"), Demonstration("abcdefgh", "ij", "f.jsonl:2")])
     # lengths: 3 + 3 + 3 = 9 and 3 + 8 + 3 = 14 tokens
-    with pytest.raises(DataError, match=r"f\.jsonl:2: prompt\+response is 14 tokens, longer than max_length=10"):
+    with pytest.raises(DataError, match=r"f\.jsonl:2: prompt\+response is 14 tokens, longer than data.max_length=10"):
         encode_demonstrations(demos, CharTokenizer(), max_length=10)
     kept = encode_demonstrations(demos, CharTokenizer(), max_length=10, skip_invalid=True)
     assert len(kept) == 1 and kept.skipped == 1 and kept[0].input_ids[:2] == [1, 3]

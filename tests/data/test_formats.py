@@ -62,6 +62,9 @@ def test_prompts_keep_extra_keys(tmp_path):
     ({"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}, load_rankings, "field 'responses[1]'"),
     ({"prompt": "p", "chosen": "a", "rejected": ""}, load_rankings, "field 'rejected' is empty"),
     ({"prompt": "p", "responses": ["a", "b"]}, load_rankings, "field 'ranking' is missing"),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, load_rankings, "'chosen' and 'rejected' are the same"),
+    ({"prompt": "p", "responses": ["a", "a", "a"], "ranking": [2, 0, 1]}, load_rankings,
+     "all 3 responses are the same text"),
     (["not", "an", "object"], load_prompts, "expected a JSON object, got list"),
     ({"text": "p"}, load_prompts, "field 'prompt' is missing"),
 ])
@@ -112,3 +115,30 @@ def test_a_line_that_is_not_json_is_a_data_error(tmp_path):
     path = write_lines(tmp_path / "p.jsonl", [{"prompt": "ok"}, "{oops"])
     with pytest.raises(DataError, match=r"p\.jsonl:2: not valid JSON \(.* at column 2\); expected one JSON object"):
         load_prompts(path)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "Any comedies?"}).encode() + b"\n")
+    assert load_prompts(str(path)) == [PromptRecord("Any comedies?")]
+
+
+def test_bytes_that_are_not_utf8_name_file_line_and_can_be_skipped(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps({"prompt": "ok"}).encode() + b"\n" + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        load_prompts(str(path))
+    kept = load_prompts(str(path), skip_invalid=True)
+    assert [r.prompt for r in kept] == ["ok"] and kept.skipped == 1
+
+
+def test_identical_answers_can_be_skipped_and_are_counted(tmp_path):
+    path = write_lines(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
+                                                   {"prompt": "q", "chosen": "c", "rejected": "c"}])
+    kept = load_rankings(path, skip_invalid=True)
+    assert len(kept) == 1 and kept.skipped == 1 and "same text" in kept.skip_reasons[0]
+
+
+def test_a_folder_is_not_a_data_file(tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path}: is a folder; expected a prompt JSONL file"):
+        load_prompts(str(tmp_path))
