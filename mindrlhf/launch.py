@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Callable, Optional
 
 # The stages that train under msrun, and how each checks its batch sizes against the world size
@@ -32,6 +33,9 @@ WORLD_CHECKS = {
 
 # What a failed worker's log shows first: a Python traceback, our one-line error, MindSpore's C++ error.
 ERROR_PATTERN = re.compile(r"Traceback \(most recent call last\)|^mindrlhf: error:|^\[ERROR\]|Error:", re.M)
+# msrun's report of a worker that ended badly (killed, or a non-zero exit), and a worker's first line.
+WORKER_EXIT = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
+WORKER_PID = re.compile(r"^\[worker\] pid (\d+)$", re.M)
 
 
 @dataclasses.dataclass
@@ -116,6 +120,34 @@ def worker_env(base: Optional[dict] = None) -> dict:
     return env
 
 
+def attempt_dir(log_root: str) -> str:
+    """A new ``attempt_<n>`` folder under ``log_root``: a relaunch (e.g. with --resume) keeps earlier logs."""
+    n = 1
+    while os.path.exists(os.path.join(log_root, f"attempt_{n}")):
+        n += 1
+    return os.path.join(log_root, f"attempt_{n}")
+
+
+def log_of_pid(log_dir: str, pid: int) -> Optional[str]:
+    """The worker log whose process had ``pid`` (each worker writes its pid first, see msrun_entry.py)."""
+    for path in sorted(glob.glob(os.path.join(log_dir, "worker_*.log"))):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            if any(int(m) == pid for m in WORKER_PID.findall(fh.read(4096))):
+                return path
+    return None
+
+
+def relay(stream, seen: list) -> None:
+    """Copy msrun's output to ours, without its INFO lines; keep its reports of workers that ended badly."""
+    for line in stream:
+        match = WORKER_EXIT.search(line)
+        if match:
+            seen.append((int(match.group(1)), int(match.group(2))))
+        if not line.startswith("[INFO]"):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+
 def first_error_log(log_dir: str) -> Optional[str]:
     """The worker log (else the scheduler's) holding an error that stopped writing first.
 
@@ -130,18 +162,23 @@ def first_error_log(log_dir: str) -> Optional[str]:
 
 
 def tail(path: str, lines: int = 20) -> str:
+    """The last ``lines`` lines of a worker log, without MindSpore's INFO lines."""
     with open(path, encoding="utf-8", errors="replace") as fh:
-        return "".join(fh.readlines()[-lines:])
+        return "".join([line for line in fh if not line.startswith("[INFO]")][-lines:])
 
 
 def launch(plan: LaunchPlan, stage_config: Callable[[str, list], object]) -> int:
     """Check the plan (see :func:`check_plan`), run msrun to the end, and on failure point at the first error.
     Returns msrun's status."""
     cfg = check_plan(plan, stage_config)
-    plan = dataclasses.replace(plan, log_dir=plan.log_dir or os.path.join(cfg.out_dir, "logs"))
+    plan = dataclasses.replace(plan, log_dir=attempt_dir(plan.log_dir or os.path.join(cfg.out_dir, "logs")))
     print(f"[launch] {plan.stage} on {plan.world_size} workers ({plan.workers} on this node, node "
           f"{plan.node_rank} of {plan.nodes}); logs in {plan.log_dir}", flush=True)
-    proc = subprocess.Popen(msrun_command(plan), env=worker_env())
+    proc = subprocess.Popen(msrun_command(plan), env=worker_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    exits: list = []
+    pump = threading.Thread(target=relay, args=(proc.stdout, exits), daemon=True)
+    pump.start()
     stopped = []
 
     def stop(signum, frame):  # SIGTERM (a job scheduler, `kill`): msrun stops its workers on SIGINT
@@ -156,12 +193,20 @@ def launch(plan: LaunchPlan, stage_config: Callable[[str, list], object]) -> int
         code = proc.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        pump.join(timeout=5)
     if stopped:  # msrun exits 0 after stopping its workers on request; the job did not finish
         print(f"[launch] stopped by signal {stopped[0]}; worker logs in {plan.log_dir}", file=sys.stderr)
         return 128 + stopped[0]
     if code != 0:
-        where = first_error_log(plan.log_dir)
-        if where:
+        dead = [(pid, status, log_of_pid(plan.log_dir, pid)) for pid, status in exits]
+        dead = [d for d in dead if d[2]]
+        where = dead[0][2] if dead else first_error_log(plan.log_dir)
+        if dead:
+            pid, status, _ = dead[0]
+            how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+            print(f"\n[launch] failed: {os.path.basename(where)[:-4].replace('_', ' ')} (pid {pid}) {how} first; "
+                  f"its log is {where}; its last lines:\n{tail(where)}", file=sys.stderr, flush=True)
+        elif where:
             print(f"\n[launch] failed (status {code}); the first error is in {where}; its last lines:\n"
                   f"{tail(where)}", file=sys.stderr, flush=True)
         else:

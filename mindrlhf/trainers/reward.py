@@ -214,6 +214,7 @@ def train_rm(cfg: RMConfig, resume: Optional[str] = None, overwrite: bool = Fals
         describe_aux=_train_accuracy,
         unit="prompt",
         export=export,
+        name="rm",
     )
     return run_loop(stage, cfg.train, cfg.out_dir, resume, config=cfg)
 

@@ -136,5 +136,6 @@ def train_sft(cfg: SFTConfig, resume: Optional[str] = None, overwrite: bool = Fa
         seed=cfg.runtime.seed,
         evaluate=evaluate,
         export=export,
+        name="sft",
     )
     return run_loop(stage, cfg.train, cfg.out_dir, resume, config=cfg)

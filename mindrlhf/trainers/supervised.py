@@ -110,8 +110,9 @@ class SupervisedStage(Stage):
 
     def __init__(self, records: Sequence, make_batch: Callable, count: Callable, updater, cells: dict,
                  loop: LoopConfig, seed: int, evaluate: Optional[Callable] = None,
-                 describe_aux: Optional[Callable] = None, unit: str = "tok", export: Optional[Callable] = None):
-        self.rt = runtime.current()
+                 describe_aux: Optional[Callable] = None, unit: str = "tok", export: Optional[Callable] = None,
+                 name: str = "train"):
+        self.rt, self.name = runtime.current(), name
         self.records, self.make_batch, self.count = records, make_batch, count
         self.updater, self._cells, self.unit = updater, cells, unit
         self._evaluate, self.describe_aux, self.export = evaluate, describe_aux, export

@@ -1,6 +1,7 @@
 """`mindrlhf launch`: the msrun command it builds, and launches that must fail fast with a clear message
 (port in use, batch sizes that do not divide over the ranks) or point at the worker log that failed."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -121,8 +122,37 @@ def test_failed_job_points_at_the_worker_log_with_the_error(task, tmp_path):
     code, err = jobs.run_briefly(cmd, cwd=tmp_path, env=env, timeout=150)  # the job ends: nothing hangs
     assert code not in (0, None), err
     summary = err[err.index("[launch] failed"):]
-    assert "the first error is in " + str(logs / "worker_") in summary
+    assert str(logs / "attempt_1" / "worker_") in summary
     assert "missing.jsonl" in summary  # the log's last lines, with the worker's one-line error
+    assert "[INFO]" not in err  # msrun's INFO lines stay in its logs
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_named_and_a_relaunch_keeps_the_earlier_logs(task, tmp_path):
+    logs, out = tmp_path / "logs", tmp_path / "r"
+    args = sft_args(task, out, "train.max_steps=100000", "train.save_every=0", "train.log_every=1")
+    proc = subprocess.Popen(jobs.launch_cmd(2, "sft", args, jobs.free_port(), logs), cwd=tmp_path,
+                            env=dict(os.environ, MS_NODE_TIMEOUT="10"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    worker0, worker1 = logs / "attempt_1" / "worker_0.log", logs / "attempt_1" / "worker_1.log"
+    try:
+        deadline, pid = time.time() + 240, None
+        while time.time() < deadline and pid is None:  # training has started (rank 0 logs the steps)
+            if worker0.exists() and "[sft] step 2/" in worker0.read_text():
+                pid = int(worker1.read_text().split("[worker] pid ")[1].split()[0])
+            time.sleep(0.2)
+        assert pid is not None, "the job never started training"
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=150)
+    finally:
+        jobs.kill_tree(proc.pid)
+    assert proc.returncode != 0
+    assert f"worker 1 (pid {pid}) was killed by signal 9 first; its log is {worker1}" in err, err[-3000:]
+    again = jobs.launch_cmd(2, "sft", sft_args(task, out, f"data.train={tmp_path / 'missing.jsonl'}"),
+                            jobs.free_port(), logs)
+    code, _ = jobs.run_briefly(again, cwd=tmp_path, env=dict(os.environ, MS_NODE_TIMEOUT="10"), timeout=150)
+    assert code not in (0, None)
+    assert worker1.exists() and (logs / "attempt_2" / "worker_1.log").exists()  # a folder per attempt
 
 
 # ------------------------------------------------------------------ run/ scripts reach the launcher's checks
