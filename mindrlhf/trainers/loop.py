@@ -48,6 +48,7 @@ class Stage:
     name = "train"  # the progress bar's label
     unit: Optional[str] = None  # what step() counts for the throughput metric ("tok", "prompt"); None = no metric
     guarded: tuple = ("loss", "grad_norm")  # metrics that must stay finite
+    dead_after: int = 5  # this many steps in a row with a gradient norm of exactly 0: the model stopped learning
     total_steps: int = 0
 
     def cells(self) -> dict:
@@ -138,12 +139,19 @@ def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optiona
               flush=True)
     final: dict = {}
     window_units, window_time = 0, time.perf_counter()
+    flat = 0  # steps in a row whose gradient norm was exactly 0
     with _StopSignals() as stop:
         for step in range(start, total):
             metrics, units = stage.step(step)
             stop.rearm()
             done = step + 1
             _guard(stage, metrics, done)
+            flat = flat + 1 if metrics.get("grad_norm") == 0.0 else 0
+            if stage.dead_after and flat >= stage.dead_after:
+                raise DivergedError(f"diverged at step {done}: the gradient norm has been exactly 0 for {flat} "
+                                    f"steps (loss {metrics['loss']:.4g}): the model stopped learning, as a learning "
+                                    "rate far too high leaves it; lower it and start again from a checkpoint "
+                                    "before the collapse")
             window_units += units
             logged = done % cadence.log_every == 0 or done == total
             if logged and stage.unit:

@@ -89,6 +89,25 @@ def test_a_diverged_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert np.isfinite(resumed.weight()).all()
 
 
+def test_a_model_that_stopped_learning_stops_the_run(tmp_path):
+    """A target of zeros and a zero-initialised regression: the gradient is exactly 0 from the first step."""
+
+    class Dead(Regression):
+        def __init__(self):
+            super().__init__()
+            self.cell.net.weight.set_data(ms.Tensor(np.zeros((1, 4), np.float32)))
+
+        def step(self, step):
+            loss, _, grad_norm = self.updater.step([(ms.Tensor(X), ms.Tensor(np.zeros_like(Y)),
+                                                     ms.Tensor(8.0, ms.float32))])
+            return {"loss": loss, "grad_norm": grad_norm}, 8
+
+    stage = Dead()
+    stage.dead_after = 3
+    with pytest.raises(DivergedError, match="gradient norm has been exactly 0 for 3 steps"):
+        run_loop(stage, cadence(), str(tmp_path))
+
+
 def tree_digest(root) -> dict:
     out = {}
     for folder, _, files in os.walk(root):
