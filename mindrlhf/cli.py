@@ -7,15 +7,31 @@ Stage commands take a YAML recipe and dotted overrides::
     mindrlhf sft --help-config                                           # every key with its help
     mindrlhf launch -n 2 sft --config configs/sft_builtin.yaml           # 2 data-parallel workers (msrun)
 
-Errors in what the user gave (config, data, files) print one line and exit with status 2; set
-MINDRLHF_DEBUG=1 for the traceback.
+``mindrlhf data rankings`` and ``mindrlhf generate`` take their options from a config dataclass
+(``--k 4``, ``--max-new-tokens 64``, or ``--config FILE`` and KEY=VALUE overrides); ``--help-config``
+lists them with their defaults.
+
+Exit status: 2 for an error in what the user gave (config, data, files, unreadable or corrupt files),
+printed as one line naming the file (and line) where there is one; 1 for a run that diverged (a loss or
+gradient norm stopped being finite: the message names the step). MINDRLHF_DEBUG=1 keeps the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import os
 import sys
+import typing
+
+import yaml
+
+from .config import describe, load_config, load_run_config
+from .generation import GenerateConfig, generate_file
+from .runtime import RuntimeConfig
+from .trainers.loop import DivergedError
+from .trainers.rankings import RankingsCommandConfig, sample_rankings
 
 # stage name → (module, config class, run function, one-line help)
 STAGES = {
@@ -37,17 +53,13 @@ def _stage_parser(sub, name: str, help_text: str):
 
 
 def _run_stage(args) -> int:
-    from .config import describe, load_config
-
     module_name, cls_name, fn_name, _ = STAGES[args.stage]
     module = importlib.import_module(module_name)
     cls = getattr(module, cls_name)
     if args.help_config:
         print("\n".join(describe(cls)))
         return 0
-    cfg = load_config(cls, args.config, args.overrides)
-    if args.resume and hasattr(cfg, "out_dir") and os.path.abspath(args.resume) != os.path.abspath(cfg.out_dir):
-        cfg.out_dir = args.resume  # a resumed run keeps writing where it was
+    cfg = load_run_config(cls, args.config, args.overrides, args.resume)
     result = getattr(module, fn_name)(cfg, resume=args.resume)
     if isinstance(result, dict) and result:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
@@ -82,14 +94,45 @@ def _data_builtin(args) -> int:
     return 0
 
 
-def _data_rankings(args) -> int:
-    from .trainers.rankings import sample_rankings
+def _tool_parser(sub, name: str, cls, func, help_text: str):
+    """A command whose options are the fields of the dataclass ``cls``: ``--field-name VALUE`` (a bool field
+    that defaults to true: ``--no-field-name``), or ``--config FILE`` and KEY=VALUE overrides, as the stages.
+    Defaults and help come from ``cls``; ``--help-config`` lists them."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    defaults, hints = cls(), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default, flag, tp = getattr(defaults, f.name), f.name.replace("_", "-"), hints[f.name]
+        text = f.metadata.get("help", "").replace("%", "%%")
+        if tp is bool:
+            p.add_argument(f"--{'no-' if default else ''}{flag}", dest=f.name, action="store_const",
+                           const=not default, help=f"{f.name} = {str(not default).lower()} ({text})")
+        else:
+            p.add_argument(f"--{flag}", dest=f.name, type=tp, metavar=f.name.upper(),
+                           help=f"{text} (default {default!r})" if default != "" else text)
+    p.add_argument("--config", help="YAML file of these keys; flags and overrides apply on top")
+    p.add_argument("--help-config", action="store_true", help="list every key with its default and help")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. max_new_tokens=32")
+    p.set_defaults(func=func, tool_config=cls)
 
-    s = sample_rankings(args.policy, args.prompts, args.out, k=args.k, noise=args.noise, seed=args.seed,
-                        world_file=args.world, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                        max_prompts=args.max_prompts, batch_prompts=args.batch_prompts,
-                        prompt_bucket=args.prompt_bucket)
-    print(f"[data] {s['rankings']} rankings of K={args.k} → {args.out} ({s['dropped']} prompts dropped for fewer "
+
+def _tool_config(args):
+    """The tool's config from --config, its flags and the overrides; None after --help-config printed it."""
+    cls = args.tool_config
+    if args.help_config:
+        print("\n".join(describe(cls)))
+        return None
+    flags = [f"{f.name}={json.dumps(getattr(args, f.name))}" for f in dataclasses.fields(cls)
+             if getattr(args, f.name) is not None]
+    return load_config(cls, args.config, flags + args.overrides)
+
+
+def _data_rankings(args) -> int:
+    cfg = _tool_config(args)
+    if cfg is None:
+        return 0
+    s = sample_rankings(cfg.policy, cfg.prompts, cfg.out, seed=cfg.seed, world_file=cfg.world,
+                        runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed), **cfg.sampling())
+    print(f"[data] {s['rankings']} rankings of K={cfg.k} → {cfg.out} ({s['dropped']} prompts dropped for fewer "
           f"than 2 distinct responses; labeler's mean score of the samples {s['mean_score']:.3f})")
     return 0
 
@@ -108,16 +151,15 @@ def _eval_rm(args) -> int:
 
 
 def _generate(args) -> int:
-    from .generation import generate_file
-    from .runtime import RuntimeConfig
-
-    s = generate_file(args.model, args.prompts, args.out, tokenizer=args.tokenizer,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                      chat_template=not args.no_chat_template, progress=not args.no_progress,
-                      runtime_cfg=RuntimeConfig(device=args.device, seed=args.seed))
+    cfg = _tool_config(args)
+    if cfg is None:
+        return 0
+    s = generate_file(cfg.model, cfg.prompts, cfg.out, tokenizer=cfg.tokenizer, max_new_tokens=cfg.max_new_tokens,
+                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                      batch_size=cfg.batch_size, chat_template=cfg.chat_template, progress=cfg.progress,
+                      runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed))
     print(f"[generate] {s['prompts']} responses ({s['finished']} ended with EOS, {s['tokens']} tokens, "
-          f"{s['tokens'] / max(s['seconds'], 1e-9):.1f} tokens/s) → {args.out}")
+          f"{s['tokens'] / max(s['seconds'], 1e-9):.1f} tokens/s) → {cfg.out}")
     return 0
 
 
@@ -190,21 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab-size", type=int, default=1000)
     b.add_argument("--shelf", type=int, default=0, help="films listed with their facts in every prompt (0 = none)")
     b.set_defaults(func=_data_builtin)
-    r = data_sub.add_parser("rankings", help="sample K responses per prompt from a policy; the built-in labeler ranks them")
-    r.add_argument("--policy", required=True, help="SFT output folder (model + tokenizer)")
-    r.add_argument("--prompts", required=True, help="prompts JSONL (world.json beside it is the labeler's truth)")
-    r.add_argument("--k", type=int, default=4, help="responses sampled per prompt")
-    r.add_argument("--out", required=True, help="rankings JSONL to write")
-    r.add_argument("--noise", type=float, default=0.5, help="labeler noise: std of the Gaussian added to scores")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--world", default="", help="world.json; default: beside the prompts file")
-    r.add_argument("--temperature", type=float, default=1.0)
-    r.add_argument("--max-new-tokens", type=int, default=48)
-    r.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts; 0 = all")
-    r.add_argument("--batch-prompts", type=int, default=16, help="prompts per generation batch (each brings K rows)")
-    r.add_argument("--prompt-bucket", type=int, default=16,
-                   help="prompts are left-padded to a multiple of this; each width compiles its own graph")
-    r.set_defaults(func=_data_rankings)
+    _tool_parser(data_sub, "rankings", RankingsCommandConfig, _data_rankings,
+                 "sample K responses per prompt from a policy; the built-in labeler ranks them")
     e = data_sub.add_parser("export", help="convert a JSONL file to MindRecord (read back by the same loaders)")
     e.add_argument("--input", required=True)
     e.add_argument("--out", required=True)
@@ -222,22 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--no-save", action="store_true", help="print only; do not write rm_stats.json")
     er.set_defaults(func=_eval_rm)
 
-    g = sub.add_parser("generate", help="answer every prompt of a prompts JSONL file; one JSONL line per prompt")
-    g.add_argument("--model", required=True, help="model folder with its tokenizer, a .gguf file/name, or a preset "
-                                                  "(random weights; needs --tokenizer)")
-    g.add_argument("--tokenizer", default="", help="tokenizer folder/file; default: the model's own")
-    g.add_argument("--prompts", required=True, help="prompts JSONL ({\"prompt\": ...} per line)")
-    g.add_argument("--out", required=True, help="JSONL to write: prompt, response, num_tokens, finished, sum_logprob")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 = sampling")
-    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 = off")
-    g.add_argument("--seed", type=int, default=0, help="same seed and batch size → same samples")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per generation call")
-    g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as it is (base models)")
-    g.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.set_defaults(func=_generate)
+    _tool_parser(sub, "generate", GenerateConfig, _generate,
+                 "answer every prompt of a prompts JSONL file; one JSONL line per prompt")
 
     c = sub.add_parser("convert", help="read a HuggingFace folder and write it back through our model")
     c.add_argument("src", nargs="?", help="HuggingFace folder (config.json + safetensors)")
@@ -248,15 +263,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides given after an option (`sft a=1 --resume DIR b=2`) are overrides all the same
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("MINDRLHF_DEBUG"):
-            raise
-        print(f"mindrlhf: error: {err}", file=sys.stderr)
-        return 2
+    except DivergedError as err:
+        return _fail(err, 1)
+    except (ValueError, OSError, yaml.YAMLError) as err:  # ConfigError, data errors, decode errors included
+        return _fail(err, 2)
+
+
+def _fail(err: Exception, status: int) -> int:
+    """Print ``err`` as one line (the traceback with MINDRLHF_DEBUG=1) and return the exit status."""
+    if os.environ.get("MINDRLHF_DEBUG"):
+        raise err
+    print(f"mindrlhf: error: {describe_error(err)}", file=sys.stderr)
+    return status
+
+
+def describe_error(err: Exception) -> str:
+    """One line for ``err``: the file (and line) it names, and what was wrong."""
+    if isinstance(err, OSError) and err.filename is not None:
+        where = f"{err.filename} → {err.filename2}" if err.filename2 is not None else str(err.filename)
+        text = f"{where}: {err.strerror or err}"
+    elif isinstance(err, UnicodeDecodeError):
+        text = f"not UTF-8 text: byte {err.object[err.start]:#04x} at offset {err.start}"
+    elif isinstance(err, json.JSONDecodeError):
+        text = f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+    elif isinstance(err, yaml.YAMLError):
+        mark = getattr(err, "problem_mark", None)
+        name = f"{mark.name}:{mark.line + 1}: " if mark is not None else ""
+        text = f"{name}not valid YAML: {getattr(err, 'problem', None) or err}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

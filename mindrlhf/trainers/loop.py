@@ -32,6 +32,9 @@ class CadenceConfig:
 
     def validate(self):
         require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        require(self.eval_every >= 0, "eval_every", f"must be >= 0 (0 = only at the end), got {self.eval_every}")
+        require(self.save_every >= 0, "save_every", f"must be >= 0 (0 = only at the end), got {self.save_every}")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
 
 
 class DivergedError(RuntimeError):
@@ -136,7 +139,7 @@ def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optiona
 def _guard(stage: Stage, metrics: dict, done: int) -> None:
     bad = [k for k in stage.guarded if k in metrics and not math.isfinite(float(metrics[k]))]
     if bad:
-        raise DivergedError(f"step {done}: {', '.join(f'{k}={metrics[k]}' for k in bad)}; the run stopped "
+        raise DivergedError(f"diverged at step {done}: {', '.join(f'{k}={metrics[k]}' for k in bad)}; the run stopped "
                             "before saving this step (lower the learning rate, or resume from the last checkpoint)")
 
 
