@@ -7,27 +7,39 @@ Stage commands take a YAML recipe and dotted overrides::
     mindrlhf sft --help-config                                           # every key with its help
     mindrlhf launch -n 2 sft --config configs/sft_builtin.yaml           # 2 data-parallel workers (msrun)
 
-Errors in what the user gave (config, data, files) print one line and exit with status 2; set
-MINDRLHF_DEBUG=1 for the traceback.
+``mindrlhf data rankings`` and ``mindrlhf generate`` take their options from a config dataclass
+(``--k 4``, ``--max-new-tokens 64``, or ``--config FILE`` and KEY=VALUE overrides); ``--help-config``
+lists them with their defaults.
+
+Exit status: 2 for an error in what the user gave (config, data, files, unreadable or corrupt files),
+printed as one line naming the file (and line) where there is one; 1 for a run that diverged (a loss or
+gradient norm stopped being finite: the message names the step); 130/143 for a run stopped by SIGINT/SIGTERM
+after saving a checkpoint. MINDRLHF_DEBUG=1 keeps the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import os
 import shutil
 import sys
+import typing
 
-from .config import describe, load_config
+import yaml
+
+from .config import describe, load_config, load_run_config
 from .data.builtin.task import write_builtin_task
 from .data.formats import export_mindrecord
 from .data.tokenizer import train_tokenizer
-from .generation import generate_file
+from .generation import GenerateConfig, generate_file
 from .launch import LaunchPlan, launch
 from .nn import CausalLM
 from .nn.gguf import gguf_to_hf_folder
 from .runtime import RuntimeConfig
-from .trainers.rankings import sample_rankings
+from .trainers.loop import DivergedError, Interrupted
+from .trainers.rankings import RankingsCommandConfig, sample_rankings
 from .trainers.reward import evaluate_rm
 
 # stage name → (module, config class, run function, one-line help)
@@ -43,7 +55,10 @@ STAGES = {
 def _stage_parser(sub, name: str, help_text: str):
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--config", help="YAML recipe (see configs/); keys not set keep their defaults")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue from the newest checkpoint in RUN_DIR")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue from the newest checkpoint in RUN_DIR (its "
+                                                       "config.yaml is the config; overrides apply on top)")
+    p.add_argument("--overwrite", action="store_true", help="start over in an out_dir that holds an earlier run "
+                                                            "(its checkpoints, metrics and model are removed)")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and help")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=_run_stage, stage=name)
@@ -56,17 +71,10 @@ def _stage(name: str):
     return getattr(module, cls_name), getattr(module, fn_name)
 
 
-def _config_from_args(cls, args):
-    cfg = load_config(cls, args.config, args.overrides)
-    if args.resume and hasattr(cfg, "out_dir") and os.path.abspath(args.resume) != os.path.abspath(cfg.out_dir):
-        cfg.out_dir = args.resume  # a resumed run keeps writing where it was
-    return cfg
-
-
 def stage_config(stage: str, stage_args: list):
     """The config that ``mindrlhf <stage> <stage_args...>`` runs with; `launch` checks it before spawning."""
-    args = build_parser().parse_args([stage, *stage_args])
-    return _config_from_args(_stage(stage)[0], args)
+    args = parse_args([stage, *stage_args])
+    return load_run_config(_stage(stage)[0], args.config, args.overrides, args.resume)
 
 
 def _run_stage(args) -> int:
@@ -74,8 +82,8 @@ def _run_stage(args) -> int:
     if args.help_config:
         print("\n".join(describe(cls)))
         return 0
-    cfg = _config_from_args(cls, args)
-    result = run(cfg, resume=args.resume)
+    cfg = load_run_config(cls, args.config, args.overrides, args.resume)
+    result = run(cfg, resume=args.resume, overwrite=args.overwrite)
     if isinstance(result, dict) and result:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
         print(f"[{args.stage}] done: {shown}")
@@ -102,12 +110,45 @@ def _data_builtin(args) -> int:
     return 0
 
 
+def _tool_parser(sub, name: str, cls, func, help_text: str):
+    """A command whose options are the fields of the dataclass ``cls``: ``--field-name VALUE`` (a bool field
+    that defaults to true: ``--no-field-name``), or ``--config FILE`` and KEY=VALUE overrides, as the stages.
+    Defaults and help come from ``cls``; ``--help-config`` lists them."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    defaults, hints = cls(), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default, flag, tp = getattr(defaults, f.name), f.name.replace("_", "-"), hints[f.name]
+        text = f.metadata.get("help", "").replace("%", "%%")
+        if tp is bool:
+            p.add_argument(f"--{'no-' if default else ''}{flag}", dest=f.name, action="store_const",
+                           const=not default, help=f"{f.name} = {str(not default).lower()} ({text})")
+        else:
+            p.add_argument(f"--{flag}", dest=f.name, type=tp, metavar=f.name.upper(),
+                           help=f"{text} (default {default!r})" if default != "" else text)
+    p.add_argument("--config", help="YAML file of these keys; flags and overrides apply on top")
+    p.add_argument("--help-config", action="store_true", help="list every key with its default and help")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. max_new_tokens=32")
+    p.set_defaults(func=func, tool_config=cls)
+
+
+def _tool_config(args):
+    """The tool's config from --config, its flags and the overrides; None after --help-config printed it."""
+    cls = args.tool_config
+    if args.help_config:
+        print("\n".join(describe(cls)))
+        return None
+    flags = [f"{f.name}={json.dumps(getattr(args, f.name))}" for f in dataclasses.fields(cls)
+             if getattr(args, f.name) is not None]
+    return load_config(cls, args.config, flags + args.overrides)
+
+
 def _data_rankings(args) -> int:
-    s = sample_rankings(args.policy, args.prompts, args.out, k=args.k, noise=args.noise, seed=args.seed,
-                        world_file=args.world, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                        max_prompts=args.max_prompts, batch_prompts=args.batch_prompts,
-                        prompt_bucket=args.prompt_bucket)
-    print(f"[data] {s['rankings']} rankings of K={args.k} → {args.out} ({s['dropped']} prompts dropped for fewer "
+    cfg = _tool_config(args)
+    if cfg is None:
+        return 0
+    s = sample_rankings(cfg.policy, cfg.prompts, cfg.out, seed=cfg.seed, world_file=cfg.world,
+                        runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed), **cfg.sampling())
+    print(f"[data] {s['rankings']} rankings of K={cfg.k} → {cfg.out} ({s['dropped']} prompts dropped for fewer "
           f"than 2 distinct responses; labeler's mean score of the samples {s['mean_score']:.3f})")
     return 0
 
@@ -123,13 +164,15 @@ def _eval_rm(args) -> int:
 
 
 def _generate(args) -> int:
-    s = generate_file(args.model, args.prompts, args.out, tokenizer=args.tokenizer,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                      chat_template=not args.no_chat_template, progress=not args.no_progress,
-                      runtime_cfg=RuntimeConfig(device=args.device, seed=args.seed))
+    cfg = _tool_config(args)
+    if cfg is None:
+        return 0
+    s = generate_file(cfg.model, cfg.prompts, cfg.out, tokenizer=cfg.tokenizer, max_new_tokens=cfg.max_new_tokens,
+                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
+                      batch_size=cfg.batch_size, chat_template=cfg.chat_template, progress=cfg.progress,
+                      runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed))
     print(f"[generate] {s['prompts']} responses ({s['finished']} ended with EOS, {s['tokens']} tokens, "
-          f"{s['tokens'] / max(s['seconds'], 1e-9):.1f} tokens/s) → {args.out}")
+          f"{s['tokens'] / max(s['seconds'], 1e-9):.1f} tokens/s) → {cfg.out}")
     return 0
 
 
@@ -194,21 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab-size", type=int, default=1000)
     b.add_argument("--shelf", type=int, default=0, help="films listed with their facts in every prompt (0 = none)")
     b.set_defaults(func=_data_builtin)
-    r = data_sub.add_parser("rankings", help="sample K responses per prompt from a policy; the built-in labeler ranks them")
-    r.add_argument("--policy", required=True, help="SFT output folder (model + tokenizer)")
-    r.add_argument("--prompts", required=True, help="prompts JSONL (world.json beside it is the labeler's truth)")
-    r.add_argument("--k", type=int, default=4, help="responses sampled per prompt")
-    r.add_argument("--out", required=True, help="rankings JSONL to write")
-    r.add_argument("--noise", type=float, default=0.5, help="labeler noise: std of the Gaussian added to scores")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--world", default="", help="world.json; default: beside the prompts file")
-    r.add_argument("--temperature", type=float, default=1.0)
-    r.add_argument("--max-new-tokens", type=int, default=48)
-    r.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts; 0 = all")
-    r.add_argument("--batch-prompts", type=int, default=16, help="prompts per generation batch (each brings K rows)")
-    r.add_argument("--prompt-bucket", type=int, default=16,
-                   help="prompts are left-padded to a multiple of this; each width compiles its own graph")
-    r.set_defaults(func=_data_rankings)
+    _tool_parser(data_sub, "rankings", RankingsCommandConfig, _data_rankings,
+                 "sample K responses per prompt from a policy; the built-in labeler ranks them")
     e = data_sub.add_parser("export", help="convert a JSONL file to MindRecord (read back by the same loaders)")
     e.add_argument("--input", required=True)
     e.add_argument("--out", required=True)
@@ -226,22 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--no-save", action="store_true", help="print only; do not write rm_stats.json")
     er.set_defaults(func=_eval_rm)
 
-    g = sub.add_parser("generate", help="answer every prompt of a prompts JSONL file; one JSONL line per prompt")
-    g.add_argument("--model", required=True, help="model folder with its tokenizer, a .gguf file/name, or a preset "
-                                                  "(random weights; needs --tokenizer)")
-    g.add_argument("--tokenizer", default="", help="tokenizer folder/file; default: the model's own")
-    g.add_argument("--prompts", required=True, help="prompts JSONL ({\"prompt\": ...} per line)")
-    g.add_argument("--out", required=True, help="JSONL to write: prompt, response, num_tokens, finished, sum_logprob")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 = sampling")
-    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 = off")
-    g.add_argument("--seed", type=int, default=0, help="same seed and batch size → same samples")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per generation call")
-    g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as it is (base models)")
-    g.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.set_defaults(func=_generate)
+    _tool_parser(sub, "generate", GenerateConfig, _generate,
+                 "answer every prompt of a prompts JSONL file; one JSONL line per prompt")
 
     c = sub.add_parser("convert", help="read a HuggingFace folder and write it back through our model")
     c.add_argument("src", nargs="?", help="HuggingFace folder (config.json + safetensors)")
@@ -251,16 +267,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides given after an option (`sft a=1 --resume DIR b=2`) are overrides all the same
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        if os.environ.get("MINDRLHF_DEBUG"):
-            raise
-        print(f"mindrlhf: error: {err}", file=sys.stderr)
-        return 2
+    except Interrupted as err:  # SIGINT/SIGTERM: the loop saved a checkpoint and says how to resume
+        print(f"mindrlhf: {err}", file=sys.stderr)
+        return err.exit_code
+    except DivergedError as err:
+        return _fail(err, 1)
+    except (ValueError, OSError, yaml.YAMLError) as err:  # ConfigError, data errors, decode errors included
+        return _fail(err, 2)
+
+
+def _fail(err: Exception, status: int) -> int:
+    """Print ``err`` as one line (the traceback with MINDRLHF_DEBUG=1) and return the exit status."""
+    if os.environ.get("MINDRLHF_DEBUG"):
+        raise err
+    print(f"mindrlhf: error: {describe_error(err)}", file=sys.stderr)
+    return status
+
+
+def describe_error(err: Exception) -> str:
+    """One line for ``err``: the file (and line) it names, and what was wrong."""
+    if isinstance(err, OSError) and err.filename is not None:
+        where = f"{err.filename} → {err.filename2}" if err.filename2 is not None else str(err.filename)
+        text = f"{where}: {err.strerror or err}"
+    elif isinstance(err, UnicodeDecodeError):
+        text = f"not UTF-8 text: byte {err.object[err.start]:#04x} at offset {err.start}"
+    elif isinstance(err, json.JSONDecodeError):
+        text = f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+    elif isinstance(err, yaml.YAMLError):
+        mark = getattr(err, "problem_mark", None)
+        name = f"{mark.name}:{mark.line + 1}: " if mark is not None else ""
+        text = f"{name}not valid YAML: {getattr(err, 'problem', None) or err}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
 """Configs: dataclasses with defaults and help text, loaded from YAML, overridden on the command line.
 
 A stage's config is a dataclass tree (see ``mindrlhf/trainers/*.py``); this module turns YAML plus
-dotted overrides (``train.lr=3e-4``) into that tree, and checks it on the way:
+dotted overrides (``train.max_steps=50``) into that tree, and checks it on the way:
 
-- an unknown key fails with the file, the line and the valid keys;
-- a value of the wrong type fails with the key, the value and the expected type;
-- ``validate()`` methods on the dataclasses check ranges and cross-field rules.
+- an unknown or repeated key fails with the file, the line and the valid keys;
+- a value of the wrong type fails with the key, the value and the expected type (a bad override is
+  blamed on the override);
+- ``validate()`` methods on the dataclasses check ranges and cross-field rules. A ``validate()`` names
+  keys relative to its own section (``require(self.lr > 0, "lr", ...)``); :func:`validate` puts the
+  section's dotted path in front (``actor_optim.lr``), so a section class reads the same wherever it sits.
 
 Every field carries its help text in ``metadata["help"]`` (use :func:`field`), which ``mindrlhf <stage>
---help-config`` prints.
+--help-config`` prints with the defaults of the stage's own instance (:func:`describe`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -25,7 +29,28 @@ from mindrlhf.io import atomic_write_text
 
 
 class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says where and what would be right."""
+    """A config file or override that cannot be used; the message says where and what would be right.
+
+    ``key``/``detail``: set when the message is ``"{key}: {detail}"`` about a key relative to a section, so
+    the caller that knows the section can name the full dotted key."""
+
+    def __init__(self, message: str, key: Optional[str] = None, detail: Optional[str] = None):
+        super().__init__(message)
+        self.key, self.detail = key, detail
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a ConfigError naming ``key`` unless ``condition`` holds; for ``validate()`` methods, with
+    ``key`` relative to the section whose ``validate()`` runs."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}", key, message)
+
+
+def _within(err: ConfigError, prefix: str) -> ConfigError:
+    """``err`` about a key of the section at ``prefix`` (``"train."``), naming the full dotted key."""
+    if err.key is None or not prefix:
+        return err
+    return ConfigError(f"{prefix}{err.key}: {err.detail}", prefix + err.key, err.detail)
 
 
 def field(default: Any = dataclasses.MISSING, help: str = "", **kwargs) -> Any:  # noqa: A002 (mirrors argparse)
@@ -43,6 +68,13 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
+def _section_type(tp):
+    """The dataclass of a section annotation (``X`` or ``Optional[X]``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+
+
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -58,47 +90,46 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value, tp, where: str, lines: Optional[dict] = None):
-    """Return ``value`` checked against the annotation ``tp``; raise ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if origin is Union:
+def _coerce(value, tp, key: str, origin: str, lines: dict):
+    """``value`` checked against the annotation ``tp``; a ConfigError(key=``key``) when it does not fit."""
+    def wrong(expected: str):
+        return ConfigError(f"{key}: expected {expected}, got {value!r}", key, f"expected {expected}, got {value!r}")
+
+    kind = typing.get_origin(tp)
+    if kind is Union:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where, lines)
-            except ConfigError as err:
-                errors.append(err)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin in (list, tuple):
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg, key, origin, lines)
+                except ConfigError:
+                    pass
+        raise wrong(_type_name(tp))
+    if kind in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            raise wrong(_type_name(tp))
         (item_tp,) = typing.get_args(tp)[:1] or (Any,)
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
+        return [_coerce(v, item_tp, f"{key}[{i}]", origin, lines) for i, v in enumerate(value)]
+    if kind is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise wrong("a mapping")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, where, lines)
-    if tp is Any:
-        return value
+            raise wrong(f"a mapping of {tp.__name__} fields")
+        return _build(tp, value, origin, lines, prefix=key + ".")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise wrong("true or false")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        raise wrong("an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -107,23 +138,39 @@ def _coerce(value, tp, where: str, lines: Optional[dict] = None):
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise wrong("a number")
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise wrong("a string")
     return value
 
 
-def _build(cls, data: dict, where: str, lines: Optional[dict] = None, base=None):
+def _unknown(cls, prefix: str, key: str, subs: list) -> str:
+    """The message for ``key``, not a field of ``cls``: the key a class's ``redirects`` names, or the valid keys.
+
+    ``redirects`` (a ClassVar {key: (right key, what it is)}) covers keys people reach for that live
+    under another name; ``subs``, the sub-keys given under ``key``, complete the example."""
+    redirect = getattr(cls, "redirects", {}).get(key)
+    if redirect is not None:
+        right, what = redirect
+        tail = "".join(f".{s}" for s in subs)
+        example = f" ({prefix + right + tail})" if tail else ""
+        return f"unknown key {prefix + key + tail!r}: {what} is {right!r}{example}"
+    names = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+    return f"unknown key {prefix + key!r}; valid keys of {cls.__name__}: {', '.join(names)}"
+
+
+def _build(cls, data: dict, origin: str, lines: dict, base=None, prefix: str = ""):
     """``cls`` with the keys of ``data`` set on top of ``base`` (default: ``cls()``), recursively.
 
     Starting from the enclosing default matters: a section whose default is a customised instance
     (the pipeline's stage sections) keeps its customisation when YAML sets only some of its keys.
+    ``origin`` is the file (empty without one); ``lines`` maps id(mapping) → {key: line} for messages.
     """
-    names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
     hints = _hints(cls)
     if base is None:
         try:
@@ -132,31 +179,49 @@ def _build(cls, data: dict, where: str, lines: Optional[dict] = None, base=None)
             base = None
     kwargs = {}
     for key, value in data.items():
-        key_where = f"{where}{key}" if where.endswith(":") else f"{where}.{key}" if where else key
+        at = _at(origin, lines.get(id(data), {}).get(key))
         if key not in names:
-            line = (lines or {}).get(id(data), {}).get(key)
-            at = f" (line {line})" if line else ""
-            raise ConfigError(
-                f"{key_where}{at}: unknown key {key!r}; valid keys of {cls.__name__} are: {', '.join(sorted(names))}"
-            )
+            raise ConfigError(f"{at}{_unknown(cls, prefix, key, list(value)[:1] if isinstance(value, dict) else [])}")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict) and base is not None:
-            kwargs[key] = _build(tp, value, key_where, lines, base=getattr(base, key))
-        else:
-            kwargs[key] = _coerce(value, tp, key_where, lines)
+        try:
+            if dataclasses.is_dataclass(tp) and isinstance(value, dict) and base is not None:
+                kwargs[key] = _build(tp, value, origin, lines, getattr(base, key), f"{prefix}{key}.")
+            else:
+                kwargs[key] = _coerce(value, tp, prefix + key, origin, lines)
+        except ConfigError as err:
+            if err.key is None:  # already says where
+                raise
+            raise ConfigError(f"{at}{err}") from None
     try:
         return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except ConfigError as err:  # a section that checks itself on construction
+        raise ConfigError(f"{_at(origin)}{_within(err, prefix)}") from None
     except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        raise ConfigError(f"{_at(origin)}{prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def _at(origin: str, line: Optional[int] = None) -> str:
+    """``"file:line: "``, ``"file: "`` or nothing (a config built from overrides alone)."""
+    return f"{origin}:{line}: " if origin and line else f"{origin}: " if origin else ""
+
+
+# ----------------------------------------------------------------------------------------------- YAML
 
 
 class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of each mapping key, for error messages."""
+    """A SafeLoader that remembers the line of each mapping key and refuses a key given twice."""
 
 
 def _construct_mapping(loader, node, deep=False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key, line = getattr(key_node, "value", None), key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{loader.origin}:{line}: duplicate key {key!r} (also on line {seen[key]}); "
+                              "keep one of them")
+        seen[key] = line
     mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=True)
-    loader.key_lines[id(mapping)] = {k.value: k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")}
+    loader.key_lines[id(mapping)] = seen
     return mapping
 
 
@@ -169,63 +234,78 @@ _LineLoader.add_implicit_resolver(
 )
 
 
+def _load_yaml(stream, origin: str) -> tuple[Any, dict]:
+    loader = _LineLoader(stream)
+    loader.key_lines, loader.origin = {}, origin
+    try:
+        return loader.get_single_data(), loader.key_lines
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str) -> tuple[dict, dict]:
     """Read a YAML mapping; return (data, key_lines) where key_lines maps id(mapping) → {key: line}."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError(f"{path}: config file not found")
-    with open(path, encoding="utf-8") as fh:
-        loader = _LineLoader(fh)
-        loader.key_lines = {}
-        try:
-            data = loader.get_single_data()
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        finally:
-            loader.dispose()
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: not a file; expected a YAML config file")
+    try:
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: a file saved with a BOM reads the same
+            data, lines = _load_yaml(fh, path)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    return data, loader.key_lines
+    return data, lines
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'ppo.clip_range=0.1'`` → (['ppo', 'clip_range'], 0.1); the value is read as YAML."""
+    """``'algo.clip_range=0.1'`` → (['algo', 'clip_range'], 0.1); the value is read as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=3e-4")
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. train.max_steps=50")
     key, raw = text.split("=", 1)
-    loader = _LineLoader(raw)
-    loader.key_lines = {}
     try:
-        value = loader.get_single_data() if raw.strip() else ""
+        value = _load_yaml(raw, f"override {text!r}")[0] if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    finally:
-        loader.dispose()
     return [k for k in key.strip().split(".") if k], value
 
 
 def _merge(base: dict, path: list[str], value, cls, origin: str) -> None:
+    """Set ``path`` to ``value`` in the raw mapping ``base`` of ``cls``; a leaf value is type-checked here,
+    so that a bad value is blamed on ``origin`` (the override), not on a YAML line."""
     node, node_cls = base, cls
     for depth, key in enumerate(path):
-        names = {f.name for f in dataclasses.fields(node_cls)}
-        if key not in names:
-            dotted = ".".join(path[: depth + 1])
-            raise ConfigError(
-                f"{origin}: unknown key {dotted!r}; valid keys of {node_cls.__name__} are: {', '.join(sorted(names))}"
-            )
+        prefix = ".".join(path[:depth]) + "." if depth else ""
+        if key not in {f.name for f in dataclasses.fields(node_cls)}:
+            raise ConfigError(f"{origin}: {_unknown(node_cls, prefix, key, path[depth + 1:])}")
+        tp = _hints(node_cls)[key]
         if depth == len(path) - 1:
+            if _section_type(tp) is None:
+                try:
+                    value = _coerce(value, tp, prefix + key, origin, {})
+                except ConfigError as err:
+                    raise ConfigError(f"{origin}: {err}") from None
             node[key] = value
             return
-        sub_tp = _hints(node_cls)[key]
-        sub_tp = next((a for a in typing.get_args(sub_tp) if dataclasses.is_dataclass(a)), sub_tp)
-        if not dataclasses.is_dataclass(sub_tp):
-            raise ConfigError(f"{origin}: {'.'.join(path[: depth + 1])} is not a section, it cannot have sub-keys")
+        sub_tp = _section_type(tp)
+        if sub_tp is None:
+            raise ConfigError(f"{origin}: {prefix + key} is not a section, it cannot have sub-keys")
         child = node.get(key)
         if not isinstance(child, dict):
             child = {} if child is None else child
             node[key] = child
         node, node_cls = child, sub_tp
+
+
+# ----------------------------------------------------------------------------------------------- loading
 
 
 def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] = None):
@@ -234,48 +314,63 @@ def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] 
     for text in overrides or []:
         keys, value = parse_override(text)
         _merge(data, keys, value, cls, f"override {text!r}")
-    cfg = _build_with_lines(cls, data, path or "<config>", lines)
+    cfg = _build(cls, data, path or "", lines)
     validate(cfg)
     return cfg
 
 
-def _build_with_lines(cls, data, path, lines):
-    try:
-        return _build(cls, data, f"{path}:", lines)
-    except ConfigError as err:
-        msg = str(err)
-        # Put the line of the offending key next to the file name when we know it.
-        raise ConfigError(_locate(msg, data, path, lines)) from None
+def load_run_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] = None,
+                    resume: Optional[str] = None):
+    """A run's config: :func:`load_config`, or to resume the run folder ``resume``, its ``config.yaml`` (or
+    ``path`` when given) with ``overrides`` on top and ``out_dir`` set to ``resume``.
+
+    A resumed run must keep what its checkpoints and data order were made with: every key a section lists
+    in its ``fixed_on_resume`` (a ClassVar of dotted keys relative to the section) must equal the saved one."""
+    if not resume:
+        return load_config(cls, path, overrides)
+    saved_path = os.path.join(resume, "config.yaml")
+    if path is None and not os.path.isfile(saved_path):
+        raise ConfigError(f"{saved_path}: not found, so there is no config to resume with; give --config FILE")
+    cfg = load_config(cls, path or saved_path, overrides)
+    if hasattr(cfg, "out_dir") and os.path.abspath(resume) != os.path.abspath(cfg.out_dir):
+        cfg.out_dir = resume  # a resumed run keeps writing where it was
+    if os.path.isfile(saved_path):
+        _check_fixed(load_config(cls, saved_path), cfg, saved_path, os.path.abspath(resume))
+    return cfg
 
 
-def _locate(msg: str, data: dict, path: str, lines: dict) -> str:
-    if not msg.startswith(f"{path}:") or "(line " in msg:
-        return msg
-    dotted = msg[len(path) + 1 :].split(":", 1)[0].split("[", 1)[0]
-    node, line = data, None
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            break
-        line = lines.get(id(node), {}).get(key, line)
-        node = node[key]
-    return msg.replace(f"{path}:", f"{path}:{line}:", 1) if line else msg
+def _check_fixed(saved, cfg, saved_path: str, run_dir: str, prefix: str = "") -> None:
+    """Refuse a change of a ``fixed_on_resume`` key between ``saved`` and ``cfg`` (``{out_dir}`` in a
+    path counts as filled in with ``run_dir``, as the pipeline fills it)."""
+    for key in getattr(type(cfg), "fixed_on_resume", ()):
+        old, new = saved, cfg
+        for part in key.split("."):
+            old, new = getattr(old, part), getattr(new, part)
+        if isinstance(new, str):
+            new = new.replace("{out_dir}", run_dir)
+        if old != new:
+            raise ConfigError(f"{prefix}{key}: {old!r} in {saved_path}, {new!r} now; a resumed run keeps the "
+                              "shapes and data order it started with (start a new run to change it)")
+    for f in dataclasses.fields(cfg):
+        if dataclasses.is_dataclass(getattr(cfg, f.name)):
+            _check_fixed(getattr(saved, f.name), getattr(cfg, f.name), saved_path, run_dir, f"{prefix}{f.name}.")
 
 
-def validate(cfg) -> None:
-    """Run ``validate()`` on every dataclass in the tree, outermost first."""
-    check = getattr(cfg, "validate", None)
-    if callable(check):
-        check()
+def validate(cfg, prefix: str = "") -> None:
+    """Check every section of the tree, inner sections first, then the section's own ``validate()``
+    (whose cross-field rules can then rely on each section's ranges). Every float must be finite."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name}: must be a finite number, got {value}")
         if dataclasses.is_dataclass(value):
-            validate(value)
-
-
-def require(condition: bool, key: str, message: str) -> None:
-    """Raise a ConfigError naming ``key`` unless ``condition`` holds; for ``validate()`` methods."""
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
+            validate(value, f"{prefix}{f.name}.")
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ConfigError as err:
+            raise _within(err, prefix) from None
 
 
 def to_dict(cfg) -> dict:
@@ -287,17 +382,16 @@ def save_config(cfg, path: str) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def describe(cls, prefix: str = "") -> list[str]:
-    """One line per leaf field: ``key (type, default): help``; for ``--help-config``."""
+def describe(cls, prefix: str = "", instance=None) -> list[str]:
+    """One line per leaf field: ``key (type, default): help``, the default read from ``cls()`` (so a
+    section whose default the enclosing class customises shows that value); for ``--help-config``."""
+    instance = cls() if instance is None else instance
     out = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            out.extend(describe(tp, key + "."))
+        value, key = getattr(instance, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.extend(describe(type(value), key + ".", value))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        out.append(f"{key} ({_type_name(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+        out.append(f"{key} ({_type_name(hints[f.name])}, default {value!r}): {f.metadata.get('help', '')}")
     return out

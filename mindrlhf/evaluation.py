@@ -47,8 +47,14 @@ class EvalConfig:
     samples_in_report: int = field(8, "answers shown side by side in the report")
 
     def validate(self):
-        require(set(self.decodings) <= {"greedy", "sample"} and self.decodings, "eval.decodings",
+        require(set(self.decodings) <= {"greedy", "sample"} and self.decodings, "decodings",
                 "expected a non-empty list of greedy and/or sample")
+        require(self.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {self.max_prompts}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.prompt_bucket >= 1, "prompt_bucket", f"must be >= 1, got {self.prompt_bucket}")
+        require(self.samples_in_report >= 0, "samples_in_report", f"must be >= 0, got {self.samples_in_report}")
 
 
 class _SequenceLogprob(nn.Cell):

@@ -29,13 +29,46 @@ import numpy as np
 from tqdm import tqdm
 
 from . import runtime
+from .config import field, require
 from .data.encoding import EncodedPrompt, encode_prompts
 from .data.formats import load_prompts
 from .data.tokenizer import Tokenizer
 from .io import write_jsonl
 from .nn.generate import GenerationConfig, GenerationOutput, Generator, batch_bucket
 from .roles import is_pretrained, load_lm
-from .runtime import RuntimeConfig
+from .runtime import DEVICES, RuntimeConfig
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """`mindrlhf generate`: which model answers which prompts, and how it decodes."""
+
+    model: str = field("", "model folder with its tokenizer, a .gguf file/name, or a preset (random weights; "
+                           "needs tokenizer)")
+    tokenizer: str = field("", "tokenizer folder/file; empty = the model's own")
+    prompts: str = field("", 'prompts JSONL ({"prompt": ...} per line)')
+    out: str = field("", "JSONL to write: prompt, response, num_tokens, finished, sum_logprob")
+    max_new_tokens: int = field(64, "response length limit")
+    temperature: float = field(0.0, "0 = greedy; > 0 = sampling")
+    top_k: int = field(0, "sample from the k most likely tokens; 0 = off")
+    top_p: float = field(1.0, "nucleus mass; 1 = off")
+    seed: int = field(0, "same seed and batch size → same samples")
+    batch_size: int = field(16, "prompts per generation call")
+    chat_template: bool = field(True, "feed each prompt through the tokenizer's chat template (off: the text as it "
+                                      "is, for base models)")
+    device: str = field("CPU", "device target: CPU, GPU or Ascend")
+    progress: bool = field(True, "show a progress bar")
+
+    def validate(self):
+        for key, example in (("model", "runs/ppo/model"), ("prompts", "prompts.jsonl"), ("out", "answers.jsonl")):
+            require(bool(getattr(self, key)), key, f"required, e.g. --{key} {example}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.temperature >= 0, "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
 
 
 def generation_config(tokenizer, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from typing import Optional
 
@@ -36,7 +37,7 @@ from .data.builtin.world import load_world
 from .data.encoding import encode_prompts
 from .data.formats import load_prompts
 from .data.tokenizer import Tokenizer, train_tokenizer
-from .evaluation import compare, EvalConfig, PROMPT_BUCKET_HELP
+from .evaluation import compare, EvalConfig
 from .io import atomic_write_text
 from .io.gguf import is_gguf
 from .nn.gguf import gguf_to_hf_folder
@@ -45,8 +46,8 @@ from .roles import is_pretrained
 from .runtime import RuntimeConfig
 from .trainers.artifacts import load_reward_model
 from .trainers.ppo import train_ppo
-from .trainers.ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig
-from .trainers.rankings import sample_rankings
+from .trainers.ppo_config import PPOConfig, PPODataConfig
+from .trainers.rankings import RankingsConfig, sample_rankings
 from .trainers.reward import RMConfig, RMDataConfig, train_rm
 from .trainers.sft import SFTConfig, SFTDataConfig, train_sft
 
@@ -62,19 +63,11 @@ class BuiltinConfig:
                           "(0 = none: the model must learn the catalogue; at least 3 otherwise)")
 
     def validate(self):
-        require(self.shelf == 0 or self.shelf >= 3, "builtin.shelf",
+        for key in ("n_train", "n_prompts", "n_heldout", "vocab_size"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.shelf == 0 or self.shelf >= 3, "shelf",
                 f"{self.shelf}: use 0 (no shelf) or at least 3 (the right film, the seen one, a wrong one)")
-
-
-@dataclasses.dataclass
-class RankingsConfig:
-    k: int = field(4, "responses sampled per prompt and ranked (InstructGPT: 4 to 9)")
-    noise: float = field(0.5, "std of the labeler's noise: labelers disagree")
-    max_prompts: int = field(0, "prompts used for rankings (0 = all)")
-    temperature: float = field(1.0, "sampling temperature of the K responses")
-    max_new_tokens: int = field(48, "response length limit")
-    batch_prompts: int = field(16, "prompts per generation batch (each brings k rows)")
-    prompt_bucket: int = field(16, PROMPT_BUCKET_HELP)
 
 
 @dataclasses.dataclass
@@ -82,12 +75,12 @@ class IterateConfig:
     rounds: int = field(1, "RLHF rounds; each round after the first ranks samples of the last PPO policy, trains a "
                            "new reward model on all rankings so far and continues PPO from that policy")
     rm_epochs: float = field(3.0, "reward-model epochs over all rankings so far, in rounds >= 2")
-    ppo_iterations: int = field(0, "PPO iterations of rounds >= 2; 0 = ppo.ppo.iterations")
+    ppo_iterations: int = field(0, "PPO iterations of rounds >= 2; 0 = ppo.algo.iterations")
 
     def validate(self):
-        require(self.rounds >= 1, "iterate.rounds", f"{self.rounds}: must be >= 1 (1 = the plain recipe)")
-        require(self.rm_epochs > 0, "iterate.rm_epochs", f"{self.rm_epochs}: must be > 0")
-        require(self.ppo_iterations >= 0, "iterate.ppo_iterations", f"{self.ppo_iterations}: must be >= 0")
+        require(self.rounds >= 1, "rounds", f"must be >= 1 (1 = the plain recipe), got {self.rounds}")
+        require(self.rm_epochs > 0, "rm_epochs", f"must be > 0, got {self.rm_epochs}")
+        require(self.ppo_iterations >= 0, "ppo_iterations", f"must be >= 0, got {self.ppo_iterations}")
 
 
 @dataclasses.dataclass
@@ -103,8 +96,8 @@ class PipelineConfig:
         data=RMDataConfig(train="{out_dir}/data/rankings.jsonl", max_length=96)), "stage 2")
     ppo: PPOConfig = field(PPOConfig(
         policy="{out_dir}/sft/model", reward_model="{out_dir}/rm/model", out_dir="{out_dir}/ppo",
-        data=PPODataConfig(prompts="{out_dir}/data/prompts.jsonl", labeler_world="{out_dir}/data/world.json"),
-        rollout=RolloutConfig(), ppo=PPOAlgoConfig()), "stage 3")
+        data=PPODataConfig(prompts="{out_dir}/data/prompts.jsonl", labeler_world="{out_dir}/data/world.json")),
+        "stage 3")
     iterate: IterateConfig = field(IterateConfig(), "further rounds of rankings → reward model → PPO")
     eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and PPO")
     compare_base: bool = field(False, "also evaluate the untouched sft.model as policy 'base' (pretrained models only)")
@@ -135,6 +128,18 @@ def _base_folder(spec: str, directory: str) -> str:
     return directory if is_gguf(spec) else spec
 
 
+PRODUCTS = ("data", "base", "sft", "rm", "ppo", "config.yaml", "report.md", "summary.json", "answers.jsonl")
+
+
+def _remove_products(out: str) -> None:
+    if not os.path.isdir(out):
+        return
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if name in PRODUCTS or name.startswith(("round", "report_")):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def _done(model_dir: str) -> bool:
     return os.path.isfile(os.path.join(model_dir, "model.safetensors"))
 
@@ -157,9 +162,12 @@ def _call(isolated: bool, fn, *args, **kwargs):
         return pool.submit(fn, *args, **kwargs).result()
 
 
-def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
-    """Run every stage that has not finished yet, then write ``out_dir/report.md``; return the summary."""
+def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict:
+    """Run every stage that has not finished yet, then write ``out_dir/report.md``; return the summary.
+    ``overwrite`` first removes what an earlier pipeline run wrote into ``out_dir`` (and nothing else)."""
     out = os.path.abspath(resume or cfg.out_dir)
+    if overwrite and not resume:
+        _remove_products(out)
     cfg.out_dir = out
     _fill(cfg, out)
     for stage in (cfg.sft, cfg.rm, cfg.ppo):
@@ -198,11 +206,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None) -> dict:
 
     def rank(policy_dir: str, out_file: str, seed: int):
 
-        r = cfg.rankings
-        return _call(iso, sample_rankings, policy_dir, os.path.join(data_dir, "prompts.jsonl"), out_file, k=r.k,
-                     noise=r.noise, seed=seed, temperature=r.temperature, max_new_tokens=r.max_new_tokens,
-                     batch_prompts=r.batch_prompts, max_prompts=r.max_prompts, prompt_bucket=r.prompt_bucket,
-                     runtime_cfg=cfg.runtime)
+        return _call(iso, sample_rankings, policy_dir, os.path.join(data_dir, "prompts.jsonl"), out_file, seed=seed,
+                     runtime_cfg=cfg.runtime, **cfg.rankings.sampling())
 
     def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:
 
@@ -258,7 +263,7 @@ def _next_round(cfg: PipelineConfig, last_ppo: PPOConfig, folder: str) -> tuple:
     rm_cfg.train.epochs, rm_cfg.train.max_steps = cfg.iterate.rm_epochs, 0
     ppo_cfg.out_dir, ppo_cfg.reward_model = os.path.join(folder, "ppo"), os.path.join(rm_cfg.out_dir, "model")
     ppo_cfg.policy, ppo_cfg.reference = os.path.join(last_ppo.out_dir, "model"), cfg.ppo.reference or cfg.ppo.policy
-    ppo_cfg.ppo.iterations = cfg.iterate.ppo_iterations or cfg.ppo.ppo.iterations
+    ppo_cfg.algo.iterations = cfg.iterate.ppo_iterations or cfg.ppo.algo.iterations
     return rm_cfg, ppo_cfg
 
 

@@ -29,9 +29,11 @@ class RuntimeConfig:
     device_id: int = field(-1, "device index; -1 = from the environment (msrun sets it per worker)")
 
     def validate(self):
-        require(self.device in DEVICES, "runtime.device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
-        require(self.mode in MODES, "runtime.mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
-        require(self.jit_level in ("", "O0", "O1", "O2"), "runtime.jit_level", "expected O0, O1, O2 or empty")
+        require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
+        require(self.mode in MODES, "mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.jit_level in ("", "O0", "O1", "O2"), "jit_level", "expected O0, O1, O2 or empty")
+        require(self.device_id >= -1, "device_id", f"must be >= 0, or -1 for the environment's, got {self.device_id}")
 
 
 @dataclasses.dataclass

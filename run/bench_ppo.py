@@ -106,7 +106,7 @@ def side_ours(args) -> dict:
                     out_dir=os.path.join(args.dir, "ours_run"), progress=False,
                     data=PPODataConfig(prompts=os.path.join(args.dir, "prompts.jsonl"), max_prompt_length=64),
                     rollout=RolloutConfig(batch_size=args.batch, max_new_tokens=args.new_tokens, temperature=1.0),
-                    ppo=PPOAlgoConfig(iterations=args.iters + 1, epochs=args.epochs, mini_batch_size=args.mini_batch),
+                    algo=PPOAlgoConfig(iterations=args.iters + 1, epochs=args.epochs, mini_batch_size=args.mini_batch),
                     runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or ""))
     trainer = PPOTrainer(cfg)
     trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side

@@ -20,30 +20,29 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from mindrlhf.data.batching import bucket_length, pad_left
+from mindrlhf.config import field, require
 from mindrlhf.nn.sampling import filter_top_k, filter_top_p, sample_inverse_cdf, token_logprob
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 32
-    do_sample: bool = False          # False: greedy (argmax); temperature/top_k/top_p are ignored
-    temperature: float = 1.0         # logits / temperature before filtering and sampling
-    top_k: int = 0                   # keep the k most likely tokens; 0 = off
-    top_p: float = 1.0               # nucleus mass; 1.0 = off
-    eos_token_id: Optional[int] = None  # None: always generate max_new_tokens
-    pad_token_id: int = 0            # written after EOS and used to left-pad prompts
-    seed: int = 0                    # same seed -> same samples
+    max_new_tokens: int = field(32, "tokens generated per prompt")
+    do_sample: bool = field(False, "sample; false = greedy (argmax), temperature/top_k/top_p ignored")
+    temperature: float = field(1.0, "logits / temperature before filtering and sampling")
+    top_k: int = field(0, "keep the k most likely tokens; 0 = off")
+    top_p: float = field(1.0, "nucleus mass; 1.0 = off")
+    eos_token_id: Optional[int] = field(None, "end of a response; null = always generate max_new_tokens")
+    pad_token_id: int = field(0, "written after EOS and used to left-pad prompts")
+    seed: int = field(0, "same seed -> same samples")
 
     def validate(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"GenerationConfig.max_new_tokens={self.max_new_tokens}; must be >= 1")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"GenerationConfig.temperature={self.temperature}; must be > 0 when do_sample "
-                             "(use do_sample=False for greedy)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"GenerationConfig.top_p={self.top_p}; must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"GenerationConfig.top_k={self.top_k}; must be >= 0 (0 = off)")
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(not self.do_sample or self.temperature > 0, "temperature",
+                f"must be > 0 when do_sample, got {self.temperature} (use do_sample=False for greedy)")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        require(self.pad_token_id >= 0, "pad_token_id", f"must be >= 0, got {self.pad_token_id}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass

@@ -46,8 +46,7 @@ class LoRAConfig:
     """Adapter shape, and (as a stage's ``lora:`` section) whether the stage trains adapters at all.
 
     In a stage config LoRA is off unless ``enabled: true``; the other keys are then the adapters' shape."""
-    enabled: bool = field(True, "train LoRA adapters (and any head) instead of every weight, the base frozen; "
-                                "false in every stage's lora section unless set")
+    enabled: bool = field(True, "train LoRA adapters (and any head) instead of every weight, the base frozen")
     rank: int = field(8, "r, the adapters' inner width")
     alpha: float = field(16.0, "the update is scaled by alpha / rank")
     dropout: float = field(0.0, "dropout on the adapters' input while training (SFT and reward model only)")
@@ -59,11 +58,11 @@ class LoRAConfig:
 
     def validate(self):
         unknown = [t for t in self.targets if t not in TARGETS]
-        require(not unknown and bool(self.targets), "lora.targets",
+        require(not unknown and bool(self.targets), "targets",
                 f"{list(self.targets)}: expected a non-empty subset of {list(TARGETS)}")
-        require(self.rank >= 1, "lora.rank", f"rank={self.rank} must be >= 1 (turn LoRA off with enabled: false)")
-        require(self.alpha > 0, "lora.alpha", f"alpha={self.alpha} must be > 0")
-        require(0.0 <= self.dropout < 1.0, "lora.dropout", f"dropout={self.dropout} must be in [0, 1)")
+        require(self.rank >= 1, "rank", f"must be >= 1 (turn LoRA off with enabled: false), got {self.rank}")
+        require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
     @property
     def scale(self) -> float:

@@ -36,6 +36,9 @@ class CadenceConfig:
 
     def validate(self):
         require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        require(self.eval_every >= 0, "eval_every", f"must be >= 0 (0 = only at the end), got {self.eval_every}")
+        require(self.save_every >= 0, "save_every", f"must be >= 0 (0 = only at the end), got {self.save_every}")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
 
 
 class DivergedError(RuntimeError):

@@ -44,14 +44,15 @@ from ..roles import Critic, Policy, frozen, ppo_roles
 from .artifacts import export_model, load_reward_model, read_stats
 from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
 from .experience import response_slice
-from .loop import CadenceConfig, Stage, prepare_run_dir, run_loop
+from .loop import Stage, prepare_run_dir, run_loop
 from .ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig  # noqa: F401 (re-exported)
 from .step import Updater
 from .supervised import DataOrder
 
 
 class ActorLoss(nn.Cell):
-    """(ids, mask, old_logprobs, advantages, response_mask, normalizer, kl_coef) → (loss, (pg_loss, clipfrac, approx_kl, entropy))."""
+    """(ids, mask, old_logprobs, advantages, response_mask, normalizer, kl_penalty_coef) → (loss, (pg_loss, clipfrac,
+    approx_kl, entropy)); ``kl_penalty_coef`` is β of the kl_penalty loss (unused by clip)."""
 
     def __init__(self, actor: Policy, cfg: PPOAlgoConfig):
         super().__init__(auto_prefix=False)
@@ -59,10 +60,11 @@ class ActorLoss(nn.Cell):
         self.policy_loss = get_policy_loss(cfg.policy_loss)
         self.clip_range, self.entropy_coef, self.agg = cfg.clip_range, cfg.entropy_coef, cfg.loss_agg_mode
 
-    def construct(self, input_ids, attention_mask, old_logprobs, advantages, response_mask, normalizer, kl_coef):
+    def construct(self, input_ids, attention_mask, old_logprobs, advantages, response_mask, normalizer,
+                  kl_penalty_coef):
         logprobs, logits = self.actor.response_logprobs(input_ids, attention_mask, old_logprobs.shape[1])
         pg_loss, clipfrac, approx_kl = self.policy_loss(logprobs, old_logprobs, advantages, response_mask,
-                                                        self.clip_range, kl_coef, self.agg, normalizer)
+                                                        self.clip_range, kl_penalty_coef, self.agg, normalizer)
         entropy = agg_loss(entropy_from_logits(logits), response_mask, self.agg, normalizer)
         return pg_loss - self.entropy_coef * entropy, (pg_loss, clipfrac, approx_kl, entropy)
 
@@ -92,7 +94,7 @@ class PPOTrainer(Stage):
 
         ``reward_fn(prompt texts, response texts) → scores``: a score computed from the text, replacing the
         reward model's (which still gives the critic its start); not normalised with rm_stats.json.
-        ``ppo.gold_reward`` makes it the built-in task's hidden labeler."""
+        ``algo.gold_reward`` makes it the built-in task's hidden labeler."""
         self.cfg = cfg
         self.rt = runtime.setup(cfg.runtime)
         self.tokenizer = Tokenizer.load(cfg.tokenizer or cfg.policy)
@@ -109,16 +111,16 @@ class PPOTrainer(Stage):
                   "policy's, so the scoring pass recomputes log π_old with an actor forward")
         self.scoring = ScoringPass(None if self.reuse_logprobs else self.actor, self.reference, self.critic,
                                    self.reward_model, n)
-        self.advantage = AdvantagePass(cfg.ppo.kl_estimator, cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.whiten_advantages)
-        steps = cfg.ppo.iterations * cfg.ppo.epochs * (cfg.rollout.batch_size // cfg.ppo.mini_batch_size)
-        self.actor_updater = Updater(ActorLoss(self.actor, cfg.ppo), self.actor.trainable_params(),
+        self.advantage = AdvantagePass(cfg.algo.kl_estimator, cfg.algo.gamma, cfg.algo.lam, cfg.algo.whiten_advantages)
+        steps = cfg.algo.iterations * cfg.algo.epochs * (cfg.rollout.batch_size // cfg.algo.mini_batch_size)
+        self.actor_updater = Updater(ActorLoss(self.actor, cfg.algo), self.actor.trainable_params(),
                                      cfg.actor_optim, steps)
-        self.critic_updater = Updater(CriticLoss(self.critic, cfg.ppo), self.critic.trainable_params(),
+        self.critic_updater = Updater(CriticLoss(self.critic, cfg.algo), self.critic.trainable_params(),
                                       cfg.critic_optim, steps)
-        p = cfg.ppo
+        p = cfg.algo
         self.kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
                        else FixedKLController(p.kl_coef))
-        self.ppo_beta = p.kl_penalty_coef
+        self.kl_penalty_coef = p.kl_penalty_coef
         self.total_steps = p.iterations
 
         prompts = load_prompts(cfg.data.prompts, cfg.data.skip_invalid)
@@ -127,14 +129,14 @@ class PPOTrainer(Stage):
         self.labeler = None
         if cfg.data.labeler_world:
             self.labeler = Labeler(load_world(cfg.data.labeler_world))
-        if cfg.ppo.gold_reward:
+        if cfg.algo.gold_reward:
             reward_fn = self._labeler_scores
         self.reward_fn = reward_fn
 
     def _build_roles(self, cfg: PPOConfig, vocab: int, reward_model: Optional[nn.Cell]) -> None:
         if reward_model is None:
             self.reward_model = frozen(load_reward_model(cfg.reward_model))
-            self.rm_stats = read_stats(cfg.reward_model) if cfg.ppo.normalize_reward else {}
+            self.rm_stats = read_stats(cfg.reward_model) if cfg.algo.normalize_reward else {}
         else:
             require(cfg.critic_init == "policy", "critic_init",
                     "a reward model given as a Cell has no folder to start the critic from; set critic_init=policy")
@@ -221,7 +223,7 @@ class PPOTrainer(Stage):
         return (response_ids == self.tokenizer.eos_id).any(axis=1)
 
     def _shape_scores(self, raw: np.ndarray, response_ids) -> np.ndarray:
-        p, scores = self.cfg.ppo, raw.astype(np.float32)
+        p, scores = self.cfg.algo, raw.astype(np.float32)
         if p.normalize_reward and self.rm_stats and self.reward_fn is None:
             scores = (scores - self.rm_stats["reward_mean"]) / max(self.rm_stats["reward_std"], 1e-6)
         if p.score_clip > 0:
@@ -232,7 +234,7 @@ class PPOTrainer(Stage):
     def update(self, exp: Experience, seed: int) -> dict:
         """E epochs over ``exp``, the global rollout batch (every rank holds all of it): the same shuffled
         mini-batches on every rank (``seed`` must not depend on the rank), each rank taking its rows."""
-        cfg, rt = self.cfg.ppo, self.rt
+        cfg, rt = self.cfg.algo, self.rt
         rng = np.random.default_rng(seed)
         _, per_rank = self.cfg.layout(rt.world_size)
         sums: dict = {}
@@ -247,7 +249,7 @@ class PPOTrainer(Stage):
                 ids, mask = ms.Tensor(mine.input_ids), ms.Tensor(mine.attention_mask)
                 norm = t(normalizer)
                 _, (aux,), _ = self.actor_updater.step([(ids, mask, t(mine.old_logprobs), t(mine.advantages),
-                                                         t(mine.response_mask), norm, t(self.ppo_beta))])
+                                                         t(mine.response_mask), norm, t(self.kl_penalty_coef))])
                 vf_loss, (vf_clipfrac,), _ = self.critic_updater.step([(ids, mask, t(mine.values), t(mine.returns),
                                                                         t(mine.response_mask), norm)])
                 pg_loss, clipfrac, approx_kl, entropy = (float(a) for a in aux)
@@ -261,12 +263,12 @@ class PPOTrainer(Stage):
                 kl = np.mean(epoch_kl)
                 if rt.distributed:  # approx_kl is a token mean over this rank's rows: average the ranks'
                     kl = runtime.mean_over_ranks([kl])[0]
-                self.ppo_beta = adapt_kl_penalty(self.ppo_beta, float(kl), cfg.kl_penalty_target)
+                self.kl_penalty_coef = adapt_kl_penalty(self.kl_penalty_coef, float(kl), cfg.kl_penalty_target)
         out = {k: v / count for k, v in sums.items()}
         if rt.distributed:  # each rank's losses are its share Σ_rank / (N / W): their mean is the global loss
             out = dict(zip(out, (float(v) for v in runtime.mean_over_ranks(list(out.values())))))
         if cfg.policy_loss == "kl_penalty":
-            out["ppo_beta"] = self.ppo_beta
+            out["kl_penalty_coef"] = self.kl_penalty_coef
         return out
 
     # ------------------------------------------------------------------ the loop's Stage
@@ -295,11 +297,11 @@ class PPOTrainer(Stage):
         return metrics, 0
 
     def state(self) -> dict:
-        return {"ppo_beta": self.ppo_beta, "kl_coef": self.kl_ctl.kl_coef, "data_order": self.order.state(),
-                "optimizer_steps": self.actor_updater.step_count}
+        return {"kl_penalty_coef": self.kl_penalty_coef, "kl_coef": self.kl_ctl.kl_coef,
+                "data_order": self.order.state(), "optimizer_steps": self.actor_updater.step_count}
 
     def restore(self, state: dict) -> None:
-        self.ppo_beta, self.kl_ctl.kl_coef = state["ppo_beta"], state["kl_coef"]
+        self.kl_penalty_coef, self.kl_ctl.kl_coef = state["kl_penalty_coef"], state["kl_coef"]
         self.order.restore(state["data_order"])
 
     def before_save(self) -> None:
@@ -313,10 +315,7 @@ class PPOTrainer(Stage):
 
     def train(self, resume: Optional[str] = None) -> dict:
         """Run the iterations on the one loop (from ``resume``'s newest checkpoint when given)."""
-        cfg = self.cfg
-        cadence = CadenceConfig(log_every=cfg.log_every, eval_every=0, save_every=cfg.save_every,
-                                keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress)
-        return run_loop(self, cadence, cfg.out_dir, resume, config=cfg)
+        return run_loop(self, self.cfg.cadence(), self.cfg.out_dir, resume, config=self.cfg)
 
 
 def train_ppo(cfg: PPOConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict:

@@ -6,12 +6,15 @@ validate a PPO config without the trainer's machinery; ``trainers.ppo`` re-expor
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from ..algos import KL_ESTIMATORS, LOSS_AGG_MODES
 from ..config import field, require
 from ..nn.lora import LoRAConfig
 from ..runtime import RuntimeConfig
+from .loop import CadenceConfig
 from .step import OptimConfig
+
 
 @dataclasses.dataclass
 class PPODataConfig:
@@ -21,7 +24,8 @@ class PPODataConfig:
     labeler_world: str = field("", "built-in task only: world.json whose hidden labeler scores rollouts (logged, never trained on)")
 
     def validate(self):
-        require(bool(self.prompts), "data.prompts", "set the prompts file, e.g. data.prompts=prompts.jsonl")
+        require(bool(self.prompts), "prompts", "set the prompts file, e.g. data.prompts=prompts.jsonl")
+        require(self.max_prompt_length >= 1, "max_prompt_length", f"must be >= 1, got {self.max_prompt_length}")
 
 
 @dataclasses.dataclass
@@ -50,6 +54,16 @@ class RolloutConfig:
         T ignored; PPO's rollouts always sample.)
         """
         return self.logprobs_from_generation and self.temperature == 1.0
+
+    def validate(self):
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.temperature > 0, "temperature", f"must be > 0 (rollouts sample), got {self.temperature}")
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.prompt_bucket >= 1, "prompt_bucket", f"must be >= 1, got {self.prompt_bucket}")
+        require(self.score_batch_size >= 0, "score_batch_size",
+                f"must be >= 0 (0 = a rank's whole batch), got {self.score_batch_size}")
 
 
 @dataclasses.dataclass
@@ -80,17 +94,36 @@ class PPOAlgoConfig:
     missing_eos_penalty: float = field(-1.0, "added to the score of a response that hits max_new_tokens without EOS")
 
     def validate(self):
-        require(self.policy_loss in ("clip", "kl_penalty"), "ppo.policy_loss", "expected clip or kl_penalty")
-        require(self.kl_estimator in KL_ESTIMATORS.names(), "ppo.kl_estimator",
+        require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.mini_batch_size >= 1, "mini_batch_size", f"must be >= 1, got {self.mini_batch_size}")
+        require(self.policy_loss in ("clip", "kl_penalty"), "policy_loss", "expected clip or kl_penalty")
+        require(self.clip_range > 0, "clip_range", f"must be > 0, got {self.clip_range}")
+        require(self.clip_range_value > 0, "clip_range_value", f"must be > 0, got {self.clip_range_value}")
+        require(self.kl_penalty_coef >= 0, "kl_penalty_coef", f"must be >= 0, got {self.kl_penalty_coef}")
+        require(self.kl_penalty_target > 0, "kl_penalty_target", f"must be > 0, got {self.kl_penalty_target}")
+        require(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        require(self.loss_agg_mode in LOSS_AGG_MODES, "loss_agg_mode", f"expected one of {', '.join(LOSS_AGG_MODES)}")
+        require(0 < self.gamma <= 1, "gamma", f"must be in (0, 1], got {self.gamma}")
+        require(0 < self.lam <= 1, "lam", f"must be in (0, 1], got {self.lam}")
+        require(self.kl_estimator in KL_ESTIMATORS.names(), "kl_estimator",
                 f"expected one of {', '.join(KL_ESTIMATORS.names())}")
-        require(self.loss_agg_mode in LOSS_AGG_MODES, "ppo.loss_agg_mode",
-                f"expected one of {', '.join(LOSS_AGG_MODES)}")
-        require(self.epochs >= 1, "ppo.epochs", "must be >= 1")
-        require(0 < self.lam <= 1 and 0 < self.gamma <= 1, "ppo.lam", "γ and λ must be in (0, 1]")
+        require(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
+        require(self.kl_target > 0, "kl_target", f"must be > 0, got {self.kl_target}")
+        require(self.kl_horizon >= 1, "kl_horizon", f"must be >= 1, got {self.kl_horizon}")
+        require(self.score_clip >= 0, "score_clip", f"must be >= 0 (0 = off), got {self.score_clip}")
 
 
 @dataclasses.dataclass
 class PPOConfig:
+    # The section a user reaches for by the stage's name; the error names the right one.
+    redirects: ClassVar[dict] = {"ppo": ("algo", "the PPO algorithm section")}
+    # What the checkpoints' shapes and the data order were made with; a resumed run may not change them.
+    fixed_on_resume: ClassVar[tuple] = (
+        "critic_init", "actor_lora.enabled", "actor_lora.rank", "actor_lora.targets", "critic_lora.enabled",
+        "critic_lora.rank", "critic_lora.targets", "data.max_prompt_length", "rollout.batch_size",
+        "rollout.max_new_tokens", "algo.mini_batch_size")
+
     policy: str = field("", "SFT output folder: the actor starts here; the reference is a frozen copy of it")
     reference: str = field("", "reference model folder; empty = the policy. Set it when the actor continues from "
                                "an earlier PPO policy, so the KL penalty still ties it to SFT")
@@ -100,7 +133,7 @@ class PPOConfig:
     out_dir: str = field("runs/ppo", "run folder: checkpoints, metrics, plots and the final model/")
     data: PPODataConfig = field(PPODataConfig(), "prompts")
     rollout: RolloutConfig = field(RolloutConfig(), "sampling")
-    ppo: PPOAlgoConfig = field(PPOAlgoConfig(), "the algorithm")
+    algo: PPOAlgoConfig = field(PPOAlgoConfig(), "the algorithm")
     actor_optim: OptimConfig = field(OptimConfig(lr=2e-4, warmup_steps=5, schedule="constant"), "actor AdamW")
     critic_optim: OptimConfig = field(OptimConfig(lr=5e-4, warmup_steps=5, schedule="constant"), "critic AdamW")
     actor_lora: LoRAConfig = field(LoRAConfig(enabled=False),
@@ -117,21 +150,26 @@ class PPOConfig:
         require(bool(self.policy), "policy", "set the SFT model folder, e.g. policy=runs/sft/model")
         require(bool(self.reward_model), "reward_model", "set the reward model folder, e.g. reward_model=runs/rm/model")
         require(self.critic_init in ("reward_model", "policy"), "critic_init", "expected reward_model or policy")
-        require(self.ppo.mini_batch_size >= 1, "ppo.mini_batch_size", "must be >= 1")
-        require(self.rollout.batch_size % self.ppo.mini_batch_size == 0, "ppo.mini_batch_size",
-                f"{self.ppo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
-        require(not self.ppo.gold_reward or bool(self.data.labeler_world), "ppo.gold_reward",
+        self.cadence().validate()
+        require(self.rollout.batch_size % self.algo.mini_batch_size == 0, "algo.mini_batch_size",
+                f"{self.algo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
+        require(not self.algo.gold_reward or bool(self.data.labeler_world), "algo.gold_reward",
                 "the gold reward is the built-in task's labeler: set data.labeler_world to the task's world.json")
         for key, lora in (("actor_lora", self.actor_lora), ("critic_lora", self.critic_lora)):
             # Dropout would make the update's log π differ from the scoring pass's log π_old at ratio 1.
             require(not lora.enabled or lora.dropout == 0, f"{key}.dropout", "must be 0 in PPO")
 
+    def cadence(self) -> CadenceConfig:
+        """The loop's cadence: PPO keeps its keys at the top level, counted in iterations."""
+        return CadenceConfig(log_every=self.log_every, eval_every=0, save_every=self.save_every,
+                             keep_checkpoints=self.keep_checkpoints, progress=self.progress)
+
     def layout(self, world_size: int) -> tuple[int, int]:
         """(prompts rolled out per rank, mini-batch rows per rank), or a clear error when they do not divide."""
         for key, size in (("rollout.batch_size", self.rollout.batch_size),
-                          ("ppo.mini_batch_size", self.ppo.mini_batch_size)):
+                          ("algo.mini_batch_size", self.algo.mini_batch_size)):
             require(size % world_size == 0, key, f"{size} does not divide over {world_size} ranks")
         per_rank, chunk = self.rollout.batch_size // world_size, self.rollout.score_batch_size
         require(chunk >= 0 and (chunk == 0 or per_rank % chunk == 0), "rollout.score_batch_size",
                 f"{chunk} must divide the {per_rank} rows each rank rolls out")
-        return self.rollout.batch_size // world_size, self.ppo.mini_batch_size // world_size
+        return self.rollout.batch_size // world_size, self.algo.mini_batch_size // world_size

@@ -8,12 +8,14 @@ to each score before sorting, standing in for disagreement among human labelers.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
 import numpy as np
 
 from .. import runtime
+from ..config import field, require
 from ..data.builtin.labeler import Labeler
 from ..data.builtin.task import make_rankings
 from ..data.builtin.world import load_world
@@ -24,7 +26,54 @@ from ..io import write_jsonl
 from ..generation import generate_batches, generation_config, response_texts
 from ..nn import CausalLM
 from ..nn.generate import Generator
-from ..runtime import RuntimeConfig
+from ..runtime import DEVICES, RuntimeConfig
+
+
+@dataclasses.dataclass
+class RankingsConfig:
+    """How comparison data is sampled and labelled; the pipeline's ``rankings`` section."""
+
+    k: int = field(4, "responses sampled per prompt and ranked (InstructGPT: 4 to 9)")
+    noise: float = field(0.5, "std of the Gaussian the labeler adds to each score: labelers disagree")
+    max_prompts: int = field(0, "use only the first N prompts; 0 = all")
+    temperature: float = field(1.0, "sampling temperature of the K responses")
+    top_p: float = field(1.0, "nucleus mass of the sampling; 1 = off")
+    max_new_tokens: int = field(48, "response length limit")
+    batch_prompts: int = field(16, "prompts per generation batch (each brings k rows)")
+    prompt_bucket: int = field(16, "prompts are left-padded to a multiple of this; each width compiles its own graph")
+
+    def validate(self):
+        require(self.k >= 2, "k", f"must be >= 2 (a ranking compares responses), got {self.k}")
+        require(self.noise >= 0, "noise", f"must be >= 0 (a standard deviation), got {self.noise}")
+        require(self.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {self.max_prompts}")
+        require(self.temperature > 0, "temperature", f"must be > 0 (the responses are sampled), got {self.temperature}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(self.batch_prompts >= 1, "batch_prompts", f"must be >= 1, got {self.batch_prompts}")
+        require(self.prompt_bucket >= 1, "prompt_bucket", f"must be >= 1, got {self.prompt_bucket}")
+
+    def sampling(self) -> dict:
+        """These keys, as the keyword arguments of :func:`sample_rankings`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(RankingsConfig)}
+
+
+@dataclasses.dataclass
+class RankingsCommandConfig(RankingsConfig):
+    """`mindrlhf data rankings`: the policy, the files, the seed and the device, with the sampling keys."""
+
+    policy: str = field("", "SFT output folder (model + tokenizer) the responses are sampled from")
+    prompts: str = field("", "prompts JSONL (world.json beside it is the labeler's truth)")
+    out: str = field("", "rankings JSONL to write")
+    world: str = field("", "world.json of the built-in task; empty = beside the prompts file")
+    seed: int = field(0, "seed of the sampling and the labeler's noise")
+    device: str = field("CPU", "device target: CPU, GPU or Ascend")
+
+    def validate(self):
+        super().validate()
+        for key, example in (("policy", "runs/sft/model"), ("prompts", "prompts.jsonl"), ("out", "rankings.jsonl")):
+            require(bool(getattr(self, key)), key, f"required, e.g. --{key} {example}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
 
 
 def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, noise: float = 0.5, seed: int = 0,

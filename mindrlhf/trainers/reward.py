@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import ClassVar, Optional
 
 import mindspore as ms
 import numpy as np
@@ -46,10 +46,10 @@ class RMDataConfig(DataConfig):
                                "0 = InstructGPT's loss")
 
     def validate(self):
-        require(bool(self.train), "data.train", "set the rankings file, e.g. data.train=rankings.jsonl "
+        require(bool(self.train), "train", "set the rankings file, e.g. data.train=rankings.jsonl "
                                                 "(make one with `mindrlhf data rankings`)")
         super().validate()
-        require(self.margin >= 0, "data.margin", f"must be >= 0, got {self.margin}")
+        require(self.margin >= 0, "margin", f"must be >= 0, got {self.margin}")
 
 
 @dataclasses.dataclass
@@ -61,6 +61,10 @@ class RMLoopConfig(LoopConfig):
 
 @dataclasses.dataclass
 class RMConfig:
+    # What the checkpoints' shapes and the data order were made with; a resumed run may not change them.
+    fixed_on_resume: ClassVar[tuple] = ("model", "lora.enabled", "lora.rank", "lora.targets", "data.max_length",
+                                        "train.batch_size")
+
     model: str = field("runs/sft/model", "SFT output folder (or HuggingFace folder, or preset) the trunk starts from")
     tokenizer: str = field("", "tokenizer folder; empty = the model folder's")
     lora: LoRAConfig = field(LoRAConfig(enabled=False), "LoRA adapters on the trunk (off unless lora.enabled=true); "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import ClassVar, Optional
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -39,12 +39,16 @@ class SFTDataConfig(DataConfig):
     eval: str = field("", "held-out demonstrations; empty = hold out eval_fraction of train")
 
     def validate(self):
-        require(bool(self.train), "data.train", "set the demonstrations file, e.g. data.train=demos.jsonl")
+        require(bool(self.train), "train", "set the demonstrations file, e.g. data.train=demos.jsonl")
         super().validate()
 
 
 @dataclasses.dataclass
 class SFTConfig:
+    # What the checkpoints' shapes and the data order were made with; a resumed run may not change them.
+    fixed_on_resume: ClassVar[tuple] = ("model", "lora.enabled", "lora.rank", "lora.targets", "data.max_length",
+                                        "train.batch_size")
+
     model: str = field("tiny", "preset name (models/*.yaml), preset YAML path, HuggingFace folder, or GGUF file/name "
                                "(smollm2-135m-instruct) to start from")
     tokenizer: str = field("", "tokenizer folder (tokenizer.model or tokenizer.json); empty = the model's own")

@@ -32,10 +32,15 @@ class OptimConfig:
     max_grad_norm: float = field(1.0, "clip gradients to this global L2 norm; 0 disables clipping")
 
     def validate(self):
-        require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        require(self.schedule in ("cosine", "constant"), "optim.schedule", "expected cosine or constant")
-        require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
+        require(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
+        require(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+        require(self.schedule in ("cosine", "constant"), "schedule", f"{self.schedule!r}: expected cosine or constant")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
 
 
 def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:

@@ -24,9 +24,13 @@ class LoopConfig(CadenceConfig):
     max_steps: int = field(0, "optimizer steps to run; 0 = derive from epochs")
 
     def validate(self):
-        require(self.batch_size > 0, "train.batch_size", "must be > 0")
-        require(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
-        require(self.max_steps > 0 or self.epochs > 0, "train.epochs", "set epochs > 0 or max_steps > 0")
+        super().validate()
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.micro_batch_size >= 0, "micro_batch_size",
+                f"must be >= 0 (0 = the whole per-rank batch), got {self.micro_batch_size}")
+        require(self.max_steps >= 0, "max_steps", f"must be >= 0 (0 = derive from epochs), got {self.max_steps}")
+        require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        require(self.max_steps > 0 or self.epochs > 0, "epochs", "set epochs > 0 or max_steps > 0")
 
     def total_steps(self, n_records: int) -> int:
         if self.max_steps > 0:
@@ -56,10 +60,10 @@ class DataConfig:
     skip_invalid: bool = field(False, "skip malformed or too-long records (counted and logged) instead of stopping")
 
     def validate(self):
-        require(bool(self.train), "data.train", "set the training file, e.g. data.train=train.jsonl")
-        require(0 <= self.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
-        require(self.max_length > 1, "data.max_length", "must be > 1")
-        require(self.pad_multiple >= 1, "data.pad_multiple", "must be >= 1")
+        require(bool(self.train), "train", "set the training file, e.g. data.train=train.jsonl")
+        require(0 <= self.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        require(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}")
+        require(self.pad_multiple >= 1, "pad_multiple", f"must be >= 1, got {self.pad_multiple}")
 
 
 def split_heldout(records, data_cfg: DataConfig, seed: int, encode_file: Callable) -> tuple[list, list]:

@@ -94,8 +94,8 @@ def test_sft_batch_that_does_not_divide_is_refused(task, tmp_path, capsys, launc
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sizes, message", [
-    (["rollout.batch_size=6", "ppo.mini_batch_size=2"], "rollout.batch_size: 6 does not divide over 4 ranks"),
-    (["rollout.batch_size=12", "ppo.mini_batch_size=6"], "ppo.mini_batch_size: 6 does not divide over 4 ranks"),
+    (["rollout.batch_size=6", "algo.mini_batch_size=2"], "rollout.batch_size: 6 does not divide over 4 ranks"),
+    (["rollout.batch_size=12", "algo.mini_batch_size=6"], "algo.mini_batch_size: 6 does not divide over 4 ranks"),
 ])
 def test_ppo_batch_that_does_not_divide_is_refused(task, tmp_path, capsys, sizes, message):
     args = [f"policy={task / 'policy'}", f"reward_model={task / 'rm'}", f"data.prompts={task / 'prompts.jsonl'}",

@@ -23,10 +23,10 @@ GLOBAL_METRICS = ("score", "reward", "kl", "explained_var", "pg_loss", "entropy"
 
 def ppo_args(task, out):
     return [f"policy={task / 'policy'}", f"reward_model={task / 'rm'}", f"data.prompts={task / 'prompts.jsonl'}",
-            f"out_dir={out}", "progress=false", f"ppo.iterations={ITERATIONS}", "save_every=0",
-            "rollout.batch_size=16", "ppo.mini_batch_size=8", "ppo.epochs=2", "rollout.max_new_tokens=8",
-            "rollout.top_k=1", "actor_optim.lr=1e-2", "critic_optim.lr=1e-2", "ppo.adaptive_kl=true",
-            "ppo.kl_target=0.5", "ppo.kl_horizon=100"]
+            f"out_dir={out}", "progress=false", f"algo.iterations={ITERATIONS}", "save_every=0",
+            "rollout.batch_size=16", "algo.mini_batch_size=8", "algo.epochs=2", "rollout.max_new_tokens=8",
+            "rollout.top_k=1", "actor_optim.lr=1e-2", "critic_optim.lr=1e-2", "algo.adaptive_kl=true",
+            "algo.kl_target=0.5", "algo.kl_horizon=100"]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ SHORT = [
     "sft.train.batch_size=32", "sft.train.max_steps=400", "sft.train.eval_every=200", "sft.train.save_every=200",
     "sft.train.progress=false", "sft.optim.warmup_steps=20",
     "rankings.max_prompts=400", "rm.train.epochs=2", "rm.train.progress=false",
-    "ppo.ppo.iterations=16", "ppo.rollout.batch_size=32", "ppo.progress=false", "ppo.save_every=8",
+    "ppo.algo.iterations=16", "ppo.rollout.batch_size=32", "ppo.progress=false", "ppo.save_every=8",
     "eval.max_prompts=64", "eval.decodings=[sample]", "eval.batch_size=32",
     "iterate.rounds=2", "iterate.rm_epochs=1", "iterate.ppo_iterations=8",
 ]

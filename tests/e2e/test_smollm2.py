@@ -41,8 +41,8 @@ def test_lora_ppo_on_smollm2_moves_the_policy_with_finite_losses(tmp_path):
     cfg = load_config(PPOConfig, None, [
         "policy=smollm2-135m-instruct", "reward_model=in-memory", "critic_init=policy",
         f"data.prompts={tmp_path / 'prompts.jsonl'}", f"out_dir={tmp_path / 'run'}", "progress=false",
-        "ppo.iterations=1", "rollout.batch_size=2", "ppo.mini_batch_size=2", "ppo.epochs=1",
-        f"rollout.max_new_tokens={N}", "ppo.missing_eos_penalty=0", "actor_optim.lr=1e-2",
+        "algo.iterations=1", "rollout.batch_size=2", "algo.mini_batch_size=2", "algo.epochs=1",
+        f"rollout.max_new_tokens={N}", "algo.missing_eos_penalty=0", "actor_optim.lr=1e-2",
         "actor_optim.warmup_steps=0", "save_every=0", "runtime.mode=pynative",
         *lora("actor_lora"), *lora("critic_lora")])
     trainer = PPOTrainer(cfg, reward_model=ResponseLength())

@@ -112,7 +112,7 @@ def test_plain_prompts_skip_the_template(folder):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--temperature", "-1"], "temperature=-1.0"),
+    (["--temperature", "-1"], "temperature: must be >= 0 (0 = greedy), got -1.0"),
     (["--max-new-tokens", "128"], "leaves no room for a prompt"),
     (["--model", "tiny"], "pass --tokenizer"),
 ])

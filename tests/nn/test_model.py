@@ -41,7 +41,7 @@ def test_preset_from_yaml_path_and_roundtrip(tmp_path):
 
 
 def test_config_validation_errors():
-    with pytest.raises(ValueError, match="arch='bert'"):
+    with pytest.raises(ValueError, match="arch: 'bert'"):
         ModelConfig(arch="bert")
     with pytest.raises(ValueError, match="num_kv_heads=3"):
         ModelConfig(num_heads=4, num_kv_heads=3)

@@ -43,8 +43,8 @@ def stage_args(stage: str, toy_task, inputs, sft_model: str = "", rm_model: str 
         return ["rm", f"model={sft_model}", f"data.train={inputs / 'rankings.jsonl'}", "train.batch_size=8",
                 f"train.max_steps={STEPS}", "train.eval_every=4", "optim.warmup_steps=2", *common]
     return ["ppo", f"policy={sft_model}", f"reward_model={rm_model}", f"data.prompts={inputs / 'prompts.jsonl'}",
-            "rollout.batch_size=8", "rollout.max_new_tokens=8", "ppo.mini_batch_size=4", "ppo.epochs=1",
-            f"ppo.iterations={STEPS}", *common]
+            "rollout.batch_size=8", "rollout.max_new_tokens=8", "algo.mini_batch_size=4", "algo.epochs=1",
+            f"algo.iterations={STEPS}", *common]
 
 
 def cli(args: list, out_dir) -> list:

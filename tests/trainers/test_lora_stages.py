@@ -168,8 +168,8 @@ def ppo_run(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo_lora")
     cfg = load_config(PPOConfig, None, [
         f"policy={root / 'policy'}", f"reward_model={root / 'rm'}", "critic_init=reward_model",
-        f"data.prompts={root / 'prompts.jsonl'}", f"out_dir={out}", "progress=false", "ppo.iterations=3",
-        "rollout.batch_size=16", "rollout.score_batch_size=8", "ppo.mini_batch_size=8", "ppo.epochs=2",
+        f"data.prompts={root / 'prompts.jsonl'}", f"out_dir={out}", "progress=false", "algo.iterations=3",
+        "rollout.batch_size=16", "rollout.score_batch_size=8", "algo.mini_batch_size=8", "algo.epochs=2",
         f"rollout.max_new_tokens={N}",
         "actor_optim.lr=3e-2", "critic_optim.lr=1e-2", "actor_optim.warmup_steps=0", "save_every=3",
         *_lora_overrides("actor_lora"), *_lora_overrides("critic_lora")])

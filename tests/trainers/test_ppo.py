@@ -25,7 +25,7 @@ P = 16  # the generator's prompt bucket; every prompt here fits, so each graph c
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "river", "stone"]
 ITERATIONS = 8
 # The kl_penalty run also takes the other road to log π_old (an actor forward in the scoring pass, not the sampler's).
-KL_RUN = ["save_every=4", "keep_checkpoints=3", "ppo.adaptive_kl=true", "ppo.kl_target=1.0", "ppo.kl_horizon=1000",
+KL_RUN = ["save_every=4", "keep_checkpoints=3", "algo.adaptive_kl=true", "algo.kl_target=1.0", "algo.kl_horizon=1000",
           "rollout.logprobs_from_generation=false"]
 
 
@@ -77,8 +77,8 @@ def ppo_config(world, out, *extra):
     return load_config(PPOConfig, None, [
         f"policy={root / 'policy'}", "reward_model=in-memory", "critic_init=policy",  # the Cell replaces the folder
         f"data.prompts={root / 'prompts.jsonl'}", f"out_dir={out}", "progress=false",
-        f"ppo.iterations={ITERATIONS}", "rollout.batch_size=64", "ppo.mini_batch_size=16", "ppo.epochs=2",
-        f"rollout.max_new_tokens={N}", "ppo.missing_eos_penalty=0", "actor_optim.lr=1e-2", *extra])
+        f"algo.iterations={ITERATIONS}", "rollout.batch_size=64", "algo.mini_batch_size=16", "algo.epochs=2",
+        f"rollout.max_new_tokens={N}", "algo.missing_eos_penalty=0", "actor_optim.lr=1e-2", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def ppo_runs(world, tmp_path_factory):
         if policy_loss not in done:
             out = tmp_path_factory.mktemp(f"run_{policy_loss}")
             extra = KL_RUN if policy_loss == "kl_penalty" else []
-            trainer = PPOTrainer(ppo_config(world, out, f"ppo.policy_loss={policy_loss}", *extra),
+            trainer = PPOTrainer(ppo_config(world, out, f"algo.policy_loss={policy_loss}", *extra),
                                  reward_model=TargetFraction(world[1].vocab_size, N))
             trainer.train()
             done[policy_loss] = trainer, read_metrics(str(out / "metrics.jsonl")), out
@@ -331,7 +331,7 @@ def test_ppo_raises_a_reward_that_counts_target_tokens(ppo_runs, policy_loss):
     assert np.mean(kl[6:8]) > 0.2, kl  # the policy has moved away from the reference
     if policy_loss == "kl_penalty":
         assert all(r["clipfrac"] == 0 for r in rows)
-        assert len({r["ppo_beta"] for r in rows}) > 1  # β_ppo adapts after each update
+        assert len({r["kl_penalty_coef"] for r in rows}) > 1  # β_ppo adapts after each update
     else:
         assert max(r["clipfrac"] for r in rows) > 0.05  # the clip is active
 
@@ -343,7 +343,7 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(ppo_runs, world,
     """The kl_penalty run (β_ppo and the adaptive β both move) saved at iteration 4: a fresh trainer resumed
     there reaches the same metrics, controllers and weights at iteration 8.
 
-    The checkpoint at 4 is what a run with ppo.iterations=4 writes (same save path; the learning rate is
+    The checkpoint at 4 is what a run with algo.iterations=4 writes (same save path; the learning rate is
     constant, so the total step count, the only difference, plays no part)."""
     full, full_rows, full_dir = ppo_runs("kl_penalty")
     run_dir = tmp_path / "resumed"
@@ -352,7 +352,7 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(ppo_runs, world,
     assert sorted(os.listdir(ckpts)) == ["latest", "step_00000004", "step_00000008"]
     shutil.rmtree(ckpts / "step_00000008")
     (ckpts / "latest").write_text("step_00000004")
-    trainer = PPOTrainer(ppo_config(world, run_dir, "ppo.policy_loss=kl_penalty", *KL_RUN),
+    trainer = PPOTrainer(ppo_config(world, run_dir, "algo.policy_loss=kl_penalty", *KL_RUN),
                          reward_model=TargetFraction(world[1].vocab_size, N))
     trainer.train(resume=str(run_dir))
     rows = read_metrics(str(run_dir / "metrics.jsonl"))
@@ -361,7 +361,8 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(ppo_runs, world,
         for key, value in a.items():
             if not key.startswith(("time_", "gen_tok")):
                 assert b[key] == pytest.approx(value, abs=1e-5), (a["step"], key)
-    assert trainer.ppo_beta == full.ppo_beta and trainer.kl_ctl.kl_coef == pytest.approx(full.kl_ctl.kl_coef)
+    assert trainer.kl_penalty_coef == full.kl_penalty_coef
+    assert trainer.kl_ctl.kl_coef == pytest.approx(full.kl_ctl.kl_coef)
     assert trainer.kl_ctl.kl_coef != pytest.approx(0.05)  # the adaptive β did move, so its restore counted
     for mine, theirs in ((trainer.actor, full.actor), (trainer.critic, full.critic)):
         for (name, p), (_, q) in zip(mine.parameters_and_names(), theirs.parameters_and_names()):

@@ -1,5 +1,5 @@
 """Where PPO's score comes from: a function of the response text (``reward_fn``) or the built-in task's hidden
-labeler (``ppo.gold_reward``) instead of the reward model; a reference other than the starting policy (a
+labeler (``algo.gold_reward``) instead of the reward model; a reference other than the starting policy (a
 later round of iterated RLHF); and config errors that name their key. (The reward-model and Cell-reward
 paths: test_ppo.py.)"""
 import mindspore as ms
@@ -40,10 +40,10 @@ def test_a_reward_function_of_the_text_replaces_the_reward_models_score(world, t
 
 
 def test_gold_reward_is_the_hidden_labelers_score(world, tmp_path):
-    """ppo.gold_reward=true scores with the built-in task's labeler, read from data.labeler_world."""
+    """algo.gold_reward=true scores with the built-in task's labeler, read from data.labeler_world."""
     built = make_world(3)
     built.save(str(tmp_path / "world.json"))
-    cfg = ppo_config(world, tmp_path / "run", "ppo.gold_reward=true", f"data.labeler_world={tmp_path / 'world.json'}")
+    cfg = ppo_config(world, tmp_path / "run", "algo.gold_reward=true", f"data.labeler_world={tmp_path / 'world.json'}")
     trainer = PPOTrainer(cfg, reward_model=TargetFraction(world[1].vocab_size, N))
     labeler, rng = Labeler(built), np.random.default_rng(0)
     prompts = [f"Any good {g}? I've already seen \"{m.title}\"." for g, m in zip(("comedies", "thrillers"), built.movies)]
@@ -60,13 +60,13 @@ BASE = ["policy=p", "reward_model=r", "data.prompts=x.jsonl"]
 
 
 @pytest.mark.parametrize("overrides, key, hint", [
-    (["rollout.batch_size=12", "ppo.mini_batch_size=8"], "ppo.mini_batch_size", "must divide rollout.batch_size=12"),
-    (["ppo.mini_batch_size=0"], "ppo.mini_batch_size", ">= 1"),
-    (["ppo.policy_loss=clipped"], "ppo.policy_loss", "clip or kl_penalty"),
-    (["ppo.kl_estimator=k4"], "ppo.kl_estimator", "k1"),
-    (["ppo.loss_agg_mode=mean"], "ppo.loss_agg_mode", "token-mean"),
+    (["rollout.batch_size=12", "algo.mini_batch_size=8"], "algo.mini_batch_size", "must divide rollout.batch_size=12"),
+    (["algo.mini_batch_size=0"], "algo.mini_batch_size", ">= 1"),
+    (["algo.policy_loss=clipped"], "algo.policy_loss", "clip or kl_penalty"),
+    (["algo.kl_estimator=k4"], "algo.kl_estimator", "k1"),
+    (["algo.loss_agg_mode=mean"], "algo.loss_agg_mode", "token-mean"),
     (["critic_init=random"], "critic_init", "reward_model or policy"),
-    (["ppo.gold_reward=true"], "ppo.gold_reward", "data.labeler_world"),
+    (["algo.gold_reward=true"], "algo.gold_reward", "data.labeler_world"),
 ])
 def test_config_errors_name_the_key(overrides, key, hint):
     with pytest.raises(ConfigError) as err:
