@@ -1,6 +1,7 @@
 """Every stage runs on the one loop, so every stage survives SIGKILL the same way: a run killed after a
 checkpoint and resumed with ``--resume`` ends with the same weights, bit for bit, and the same metrics
-as a run that was never interrupted. Each run is a real `mindrlhf` process."""
+as a run that was never interrupted. The same path refuses a fresh run into a finished run's folder and
+stops a diverging run. Each run is a real `mindrlhf` process."""
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from mindrlhf.trainers.checkpoint import CheckpointManager
 from mindrlhf.trainers.metrics import read_metrics
 
 STEPS, SAVE_EVERY = 12, 3
@@ -107,3 +109,48 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(stage, full_runs, 
     assert not (out_dir / "model").exists()
     run([stage, f"--resume={out_dir}", *args[1:]], out_dir)
     same_run(full_runs / stage, out_dir)
+
+
+def tree_digest(root) -> dict:
+    out = {}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(folder, f)
+            out[os.path.relpath(path, root)] = (os.path.getmtime(path), open(path, "rb").read())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
+def test_a_fresh_run_into_a_finished_run_changes_nothing(stage, full_runs, toy_task, inputs):
+    finished = full_runs / stage
+    before = tree_digest(finished)
+    args = stage_args(stage, toy_task, inputs, full_runs / "sft" / "model", full_runs / "rm" / "model")
+    proc = subprocess.run(cli(args, finished), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds an earlier run" in lines[0] and "--resume" in lines[0], proc.stderr[-2000:]
+    assert tree_digest(finished) == before
+
+
+@pytest.mark.slow
+def test_a_diverging_learning_rate_stops_with_one_line_and_keeps_the_last_good_checkpoint(toy_task, inputs, tmp_path):
+    """Four good steps (checkpoints 2 and 4), then the run resumes at lr 1e30: it must stop with exit 1 and
+    one line, keep checkpoint 4 (not prune it for a bad one), and resume from it at a sane lr to the end."""
+    out = tmp_path / "sft"
+    base = stage_args("sft", toy_task, inputs)
+    good = [a for a in base if not a.startswith(("train.max_steps", "train.save_every"))]
+    run([*good, "train.max_steps=4", "train.save_every=2"], out)
+    proc = subprocess.run(cli([*good, f"--resume={out}", "train.max_steps=8", "train.save_every=2",
+                               "optim.lr=1e30"], out), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mindrlhf: error: diverged at step "), proc.stderr[-2000:]
+    manager = CheckpointManager(str(out))
+    assert manager.steps() == [2, 4] and manager.latest().endswith("step_00000004")
+    saved = load_file(os.path.join(manager.latest(), "model.safetensors"))
+    assert all(np.isfinite(v).all() for v in saved.values())
+    run([*good, f"--resume={out}", "train.max_steps=8", "train.save_every=2", "optim.lr=3e-3"], out)  # config.yaml says 1e30
+    final = weights(out / "model")
+    assert all(np.isfinite(v).all() for v in final.values())
+    assert [r["step"] for r in read_metrics(str(out / "metrics.jsonl"))][-1] == 8
