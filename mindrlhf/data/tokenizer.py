@@ -313,6 +313,8 @@ def train_tokenizer(input_txt: Union[str, Sequence[str]], vocab_size: int, out_d
     for f in files:
         if not os.path.isfile(f):
             raise FileNotFoundError(f"tokenizer training text not found: {f}")
+    if not any(os.path.getsize(f) for f in files):
+        raise ValueError(f"{', '.join(map(str, files))}: the tokenizer training text is empty")
     if vocab_size < MIN_SP_VOCAB:
         raise ValueError(f"vocab_size={vocab_size} is too small: byte fallback needs 256 byte pieces plus "
                          f"{4 + len(ROLE_MARKERS)} special pieces; use at least {MIN_SP_VOCAB} (e.g. 512)")

@@ -14,21 +14,36 @@ _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np
               "U8": np.uint8, "BOOL": np.bool_}
 
 
-def _header(f) -> dict:
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    return json.loads(f.read(header_len))
+def _header(f, path) -> dict:
+    """The JSON header; a file too short, or whose header is not a JSON object, is a ValueError naming it."""
+    head = f.read(8)
+    size = f.seek(0, 2)
+    (header_len,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
+    if not 0 < header_len <= size - 8:
+        raise ValueError(f"{path}: not a safetensors file ({size} bytes; empty, truncated or another format)")
+    f.seek(8)
+    try:
+        header = json.loads(f.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    return header
 
 
 def read_safetensors(path) -> dict:
-    """All tensors of a safetensors file as numpy float32 arrays (bf16 widened by hand: numpy has no bf16)."""
+    """All tensors of a safetensors file as numpy float32 arrays (bf16 widened by hand: numpy has no bf16).
+    A corrupt or truncated file is a ValueError naming it."""
     with open(path, "rb") as f:
-        header = _header(f)
+        header = _header(f, path)
         data = f.read()
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         start, end = info["data_offsets"]
+        if end > len(data):
+            raise ValueError(f"{path}: truncated (tensor {name} ends at byte {end} of {len(data)})")
         raw = data[start:end]
         if info["dtype"] == "BF16":  # bf16 is the top half of an fp32
             arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
@@ -43,7 +58,7 @@ def read_safetensors(path) -> dict:
 def safetensors_metadata(path) -> dict:
     """The file's ``__metadata__`` (str -> str; empty when it has none), without reading the tensors."""
     with open(path, "rb") as f:
-        return dict(_header(f).get("__metadata__") or {})
+        return dict(_header(f, path).get("__metadata__") or {})
 
 
 def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> None:

@@ -146,7 +146,11 @@ def load_hf_folder(path):
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"from_pretrained: {config_path} is missing")
     with open(config_path, encoding="utf-8") as f:
-        cfg = config_from_hf(json.load(f), where=config_path)
+        try:
+            hf = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_path}: not valid JSON ({err})") from None
+    cfg = config_from_hf(hf, where=config_path)
     single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single):
         tensors = read_safetensors(single)

@@ -123,3 +123,9 @@ def test_hf_encode_matches_transformers(hf_folder):
     tok = Tokenizer.load(str(hf_folder / "tokenizer.json"))
     for text in CORPUS + TRICKY:
         assert tok.encode(text) == reference.encode(text, add_special_tokens=False)
+
+
+def test_empty_training_text_is_one_clear_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="the tokenizer training text is empty"):
+        train_tokenizer(str(tmp_path / "empty.txt"), 512, str(tmp_path / "tok"))

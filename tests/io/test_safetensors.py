@@ -1,5 +1,6 @@
 """safetensors: written atomically with metadata, read back as float32 (bf16 widened exactly)."""
 import json
+import re
 import struct
 
 import numpy as np
@@ -38,3 +39,23 @@ def test_unknown_dtype_is_named(tmp_path):
     _write_raw(tmp_path / "c.safetensors", "F8_E4M3", (2,), b"\x00\x01")
     with pytest.raises(ValueError, match="tensor t has dtype F8_E4M3"):
         read_safetensors(tmp_path / "c.safetensors")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a safetensors file (0 bytes"),
+    (bytes(range(100)), "not a safetensors file (100 bytes"),
+    (struct.pack("<Q", 4) + b"[1, 2]", "its header is not a JSON object"),
+])
+def test_a_file_that_is_not_safetensors_is_named(tmp_path, content, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
+        read_safetensors(path)
+
+
+def test_a_truncated_file_is_named(tmp_path):
+    path = tmp_path / "w.safetensors"
+    write_safetensors(path, {"w": np.arange(1000, dtype=np.float32)})
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: truncated (tensor w ends at byte 4000 of")):
+        read_safetensors(path)

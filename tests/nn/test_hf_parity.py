@@ -142,6 +142,12 @@ def test_missing_config(tmp_path):
         CausalLM.from_pretrained(tmp_path)
 
 
+def test_corrupt_config_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text("{bad")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'config.json'}: not valid JSON"):
+        CausalLM.from_pretrained(tmp_path)
+
+
 def test_missing_weights(hf_models, tmp_path):
     (tmp_path / "config.json").write_text((hf_models["gpt2"][1] / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
