@@ -44,7 +44,7 @@ def test_unknown_dtype_is_named(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"", "not a safetensors file (0 bytes"),
     (bytes(range(100)), "not a safetensors file (100 bytes"),
-    (struct.pack("<Q", 4) + b"[1, 2]", "its header is not a JSON object"),
+    (struct.pack("<Q", 5) + b"[1,2]", "not a safetensors file (its header is not a JSON object)"),
 ])
 def test_a_file_that_is_not_safetensors_is_named(tmp_path, content, message):
     path = tmp_path / "model.safetensors"
