@@ -183,6 +183,8 @@ def _data_export(args) -> int:
 
 
 def _convert(args) -> int:
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"convert: --out {args.out} is a file; the output is a model folder")
     if args.from_gguf:
         gguf_to_hf_folder(args.from_gguf, args.out)
         print(f"[convert] {args.from_gguf} → {args.out} (HuggingFace folder with tokenizer and chat template)")

@@ -22,6 +22,7 @@ size. The output file appears whole or not at all (written to a temporary file, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -163,6 +164,8 @@ def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", 
     the records to ``out`` atomically. Returns a summary: prompts, tokens, finished, seconds, out."""
     if temperature < 0:
         raise ValueError(f"generate: temperature={temperature}; expected 0 (greedy) or a positive temperature")
+    if os.path.isdir(out):
+        raise ValueError(f"generate: --out {out} is a folder; give the JSONL file to write")
     records = load_prompts(prompts_file)  # a bad line fails here, before a large model is loaded
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
     lm, tok = load_generation_model(model, tokenizer)

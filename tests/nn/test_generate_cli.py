@@ -115,6 +115,7 @@ def test_plain_prompts_skip_the_template(folder):
     (["--temperature", "-1"], "temperature: must be >= 0 (0 = greedy), got -1.0"),
     (["--max-new-tokens", "128"], "leaves no room for a prompt"),
     (["--model", "tiny"], "pass --tokenizer"),
+    (["--out", "."], "is a folder; give the JSONL file to write"),
 ])
 def test_bad_options_are_one_line_errors(folder, capsys, options, message):
     argv = ["generate", "--model", str(folder / "model"), "--prompts", str(folder / "prompts.jsonl"),
