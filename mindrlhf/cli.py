@@ -47,6 +47,7 @@ STAGES = {
     "sft": ("mindrlhf.trainers.sft", "SFTConfig", "train_sft", "stage 1: supervised fine-tuning on demonstrations"),
     "rm": ("mindrlhf.trainers.reward", "RMConfig", "train_rm", "stage 2: reward model from K-way rankings"),
     "ppo": ("mindrlhf.trainers.ppo", "PPOConfig", "train_ppo", "stage 3: PPO against the reward model, KL-tied to the reference"),
+    "dpo": ("mindrlhf.trainers.dpo", "DPOConfig", "train_dpo", "DPO (or IPO, hinge, SimPO) on preference pairs from rankings"),
     "pipeline": ("mindrlhf.pipeline", "PipelineConfig", "run_pipeline",
                  "the whole recipe on the built-in task: data → SFT → rankings → RM → PPO → report"),
 }

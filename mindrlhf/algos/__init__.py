@@ -13,7 +13,10 @@ from mindrlhf.algos.core import (
     entropy_from_logits, logprobs_from_logits, masked_count, masked_mean, masked_moments, masked_sum,
     masked_var, masked_whiten, whiten_from_moments,
 )
-from mindrlhf.algos.dpo import DPO_LOSSES, dpo_ipo, dpo_loss, dpo_sigmoid, get_dpo_loss, register_dpo_loss
+from mindrlhf.algos.dpo import (
+    DPO_LOSSES, dpo_hinge, dpo_ipo, dpo_loss, dpo_sigmoid, dpo_simpo, get_dpo_loss, is_reference_free,
+    register_dpo_loss,
+)
 from mindrlhf.algos.kl import (
     KL_ESTIMATORS, get_kl_estimator, kl_abs, kl_k1, kl_k2, kl_k3, kl_penalty, register_kl_estimator,
 )
@@ -41,6 +44,7 @@ __all__ = [
     "policy_loss_clip", "policy_loss_kl_penalty", "POLICY_LOSSES", "register_policy_loss", "get_policy_loss",
     "value_loss",
     "ranking_loss", "pairwise_accuracy",
-    "dpo_loss", "dpo_sigmoid", "dpo_ipo", "DPO_LOSSES", "register_dpo_loss", "get_dpo_loss",
+    "dpo_loss", "dpo_sigmoid", "dpo_ipo", "dpo_hinge", "dpo_simpo", "DPO_LOSSES", "register_dpo_loss", "get_dpo_loss",
+    "is_reference_free",
     "Registry",
 ]

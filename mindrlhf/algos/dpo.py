@@ -1,60 +1,119 @@
-"""Direct Preference Optimisation losses (registered: "sigmoid", "ipo").
+"""Direct preference optimisation and its family: losses of a preference pair's sequence log-probs.
 
-Every variant is a function of the preference logit
-    h = (log π(y_w) − log π(y_l)) − (log π_ref(y_w) − log π_ref(y_l))
-(y_w chosen, y_l rejected; log-probs summed over each response's tokens), so adding one touches one
-function: ``@register_dpo_loss("name") def f(logits, beta, label_smoothing) -> losses [batch]``.
+Every variant is a function of the pair's preference logit h, registered under its config name:
+
+    reference-tied (sigmoid, ipo, hinge):  s(y) = log π(y) − log π_ref(y)       (log-probs summed over tokens)
+    reference-free (simpo):                s(y) = log π(y) / |y|                (mean over the response's tokens)
+    h = s(y_w) − s(y_l)                    (y_w chosen, y_l rejected)
+
+so adding one touches one function: ``@register_dpo_loss("name") def f(logits, beta, label_smoothing, gamma)
+-> losses [batch]`` (``register_dpo_loss("name", reference_free=True)`` when its h is built without π_ref).
+:func:`dpo_loss` builds h, applies the variant, adds the optional RPO term and returns the implicit rewards β·s.
 """
+import mindspore as ms
 from mindspore import ops
 
 from mindrlhf.algos.registry import Registry
 
 DPO_LOSSES = Registry("DPO loss type")
-register_dpo_loss = DPO_LOSSES.register
 get_dpo_loss = DPO_LOSSES.get
+REFERENCE_FREE = []  # names of the losses whose h is built from π alone (graph mode reads this list, not attributes)
+
+
+def register_dpo_loss(name, reference_free=False):
+    """Decorator: ``@register_dpo_loss("sigmoid")`` adds a loss under ``name``; ``reference_free`` when its h
+    is the difference of length-normalised policy log-probs (no reference pass)."""
+    register = DPO_LOSSES.register(name)
+
+    def add(fn):
+        fn = register(fn)
+        if reference_free:
+            REFERENCE_FREE.append(name)
+        return fn
+
+    return add
 
 
 @register_dpo_loss("sigmoid")
-def dpo_sigmoid(logits, beta, label_smoothing=0.0):
-    """DPO (Rafailov et al. 2023), with conservative label smoothing ε (labels flipped w.p. ε):
+def dpo_sigmoid(logits, beta, label_smoothing=0.0, gamma=0.0):
+    """DPO (Rafailov et al. 2023), with conservative label smoothing ε (labels flipped w.p. ε; Mitchell 2023):
 
-    loss = −(1 − ε) · log σ(β h) − ε · log σ(−β h)      logits h: [batch] → [batch]
+    loss = −(1 − ε) · log σ(β h) − ε · log σ(−β h)      logits h: [batch] → [batch]; ``gamma`` unused.
     """
     scaled = beta * logits
     return (1.0 - label_smoothing) * ops.softplus(-scaled) + label_smoothing * ops.softplus(scaled)
 
 
 @register_dpo_loss("ipo")
-def dpo_ipo(logits, beta, label_smoothing=0.0):
+def dpo_ipo(logits, beta, label_smoothing=0.0, gamma=0.0):
     """IPO (Azar et al. 2023): regress h to 1/(2β) instead of pushing it to infinity.
 
-    loss = (h − 1/(2β))²      logits h: [batch] → [batch]; ``label_smoothing`` is unused.
+    loss = (h − 1/(2β))²      logits h: [batch] → [batch]; ``label_smoothing`` and ``gamma`` unused.
     """
     gap = logits - 1.0 / (2.0 * beta)
     return gap * gap
 
 
-def dpo_loss(
-    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-    beta=0.1, label_smoothing=0.0, loss_type="sigmoid",
-):
-    """Per-pair DPO loss and the implicit rewards β · log(π / π_ref).
+@register_dpo_loss("hinge")
+def dpo_hinge(logits, beta, label_smoothing=0.0, gamma=0.0):
+    """SLiC's hinge on the preference logit (Zhao et al. 2023; TRL's "hinge"), 1/β the margin in h:
 
-    h                = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))
-    losses           = get_dpo_loss(loss_type)(h, beta, label_smoothing)
-    chosen_rewards   = β · (log π(y_w) − log π_ref(y_w))     (no gradient; for logging)
-    rejected_rewards = β · (log π(y_l) − log π_ref(y_l))     (no gradient; for logging)
+    loss = max(0, 1 − β h)      logits h: [batch] → [batch]; ``label_smoothing`` and ``gamma`` unused.
+    """
+    return ops.relu(1.0 - beta * logits)
+
+
+@register_dpo_loss("simpo", reference_free=True)
+def dpo_simpo(logits, beta, label_smoothing=0.0, gamma=0.5):
+    """SimPO (Meng et al. 2024): reference-free, h from length-normalised log-probs, target margin γ:
+
+    loss = −(1 − ε) · log σ(β h − γ) − ε · log σ(−(β h − γ))
+    h = log π(y_w)/|y_w| − log π(y_l)/|y_l|      logits h: [batch] → [batch].
+    """
+    scaled = beta * logits - gamma
+    return (1.0 - label_smoothing) * ops.softplus(-scaled) + label_smoothing * ops.softplus(scaled)
+
+
+def is_reference_free(loss_type: str) -> bool:
+    """Whether the variant's h ignores the reference model (then no reference pass is needed)."""
+    get_dpo_loss(loss_type)  # an unknown name is an error, not "reference-tied"
+    return loss_type in REFERENCE_FREE
+
+
+def dpo_loss(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_tokens,
+    rejected_tokens, beta=0.1, label_smoothing=0.0, loss_type="sigmoid", gamma=0.0, sft_coef=0.0,
+):
+    """Per-pair loss of a DPO variant, plus the optional RPO term, and the implicit rewards β · s(y).
+
+    s(y)             = log π(y) − log π_ref(y), or log π(y) / |y| for a reference-free loss_type
+    h                = s(y_w) − s(y_l)
+    losses           = get_dpo_loss(loss_type)(h, β, ε, γ) + sft_coef · (−log π(y_w) / |y_w|)
+    chosen_rewards   = β · s(y_w)      (no gradient; for logging)
+    rejected_rewards = β · s(y_l)      (no gradient; for logging)
+
+    The sft_coef term is RPO's NLL of the chosen answer per chosen token (Pang et al. 2024).
 
     Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps:
-            sequence log-probs (sums over response tokens), float [batch].
-        beta: β, a float; label_smoothing: ε ∈ [0, 0.5); loss_type: a registered name.
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: sequence
+            log-probs, sums over each response's tokens, float [batch] (the ref ones unused when reference-free).
+        chosen_tokens, rejected_tokens: |y|, the response lengths in tokens, float [batch] (floored at 1).
+        beta: β; label_smoothing: ε ∈ [0, 0.5); loss_type: a registered name; gamma: SimPO's margin γ;
+        sft_coef: weight of the NLL term (0 = off). loss_type and the floats are constants of the Cell.
     Returns:
-        (losses, chosen_rewards, rejected_rewards), each float [batch]; the trainer takes the mean.
+        (losses, chosen_rewards, rejected_rewards), each float [batch]; the trainer sums or averages them.
     """
-    chosen_log_ratio = policy_chosen_logps - ref_chosen_logps
-    rejected_log_ratio = policy_rejected_logps - ref_rejected_logps
-    losses = get_dpo_loss(loss_type)(chosen_log_ratio - rejected_log_ratio, beta, label_smoothing)
-    chosen_rewards = ops.stop_gradient(beta * chosen_log_ratio)
-    rejected_rewards = ops.stop_gradient(beta * rejected_log_ratio)
+    chosen_len = ops.maximum(chosen_tokens.astype(ms.float32), 1.0)
+    rejected_len = ops.maximum(rejected_tokens.astype(ms.float32), 1.0)
+    if loss_type in REFERENCE_FREE:
+        chosen_score = policy_chosen_logps / chosen_len
+        rejected_score = policy_rejected_logps / rejected_len
+    else:
+        chosen_score = policy_chosen_logps - ref_chosen_logps
+        rejected_score = policy_rejected_logps - ref_rejected_logps
+    losses = get_dpo_loss(loss_type)(chosen_score - rejected_score, beta, label_smoothing, gamma)
+    if sft_coef != 0.0:
+        losses = losses - sft_coef * policy_chosen_logps / chosen_len
+    chosen_rewards = ops.stop_gradient(beta * chosen_score)
+    rejected_rewards = ops.stop_gradient(beta * rejected_score)
     return losses, chosen_rewards, rejected_rewards
