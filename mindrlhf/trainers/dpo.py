@@ -37,8 +37,9 @@ from ..algos import DPO_LOSSES, dpo_loss, is_reference_free, logprobs_from_logit
 from ..config import field, require
 from ..data.batching import sft_batch
 from ..data.encoding import encode_rankings
-from ..data.formats import atomic_write, load_rankings
+from ..data.formats import load_rankings
 from ..data.pairs import PAIR_MODES, pair_batch, rankings_to_pairs
+from ..io import atomic_write
 from ..nn.lora import LoRAConfig, TrainableParams
 from ..roles import adapted_copy, frozen, load_lm
 from ..runtime import RuntimeConfig
