@@ -215,6 +215,17 @@ def test_lora_reference_is_the_base_with_adapters_off(toy, tmp_path):
         assert stored["logps"].shape == (720,)
 
 
+def test_simpo_needs_no_reference_pass(toy, tmp_path, capsys):
+    cfg = dpo_config(toy, tmp_path / "simpo", "train.max_steps=1", "train.eval_every=0", "train.save_every=0",
+                     "dpo.loss_type=simpo", "dpo.beta=2.0", "dpo.simpo_gamma=0.5")
+    train_dpo(cfg)
+    assert "reference log-probs" not in capsys.readouterr().out
+    row = read_metrics(str(tmp_path / "simpo" / "metrics.jsonl"))[0]
+    # rewards are β · log π(y)/|y|, no reference: negative from the first step (a DPO run's are 0 there)
+    assert row["rewards/chosen"] < 0 and row["rewards/rejected"] < 0
+    assert row["loss"] > 0 and np.isfinite(row["loss"])
+
+
 @pytest.mark.slow
 def test_dpo_learns_the_preference_on_held_out_pairs(toy, tmp_path):
     cfg = dpo_config(toy, tmp_path / "learn", "train.max_steps=60", "train.eval_every=20", "train.save_every=0",
