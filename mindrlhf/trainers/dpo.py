@@ -159,7 +159,8 @@ class DPOLoss(nn.Cell):
 
 
 def describe(auxes, prefix: str = "", nll: bool = False) -> dict:
-    """TRL's metric names from :class:`DPOLoss` aux sums (one array per micro-batch or the ranks' total)."""
+    """TRL's metric names from :class:`DPOLoss` aux sums (one array per micro-batch, or the ranks' total);
+    ``nll_loss`` when the RPO term is on, and with a ``prefix`` (held-out) the mean loss as well."""
     total = np.sum(np.stack([np.asarray(a, np.float64) for a in auxes]), axis=0)
     mean = total[:-1] / max(total[-1], 1.0)
     out = {"rewards/chosen": mean[0], "rewards/rejected": mean[1], "rewards/margins": mean[0] - mean[1],

@@ -19,6 +19,8 @@ from mindrlhf.trainers.dpo import (
 from mindrlhf.trainers.metrics import read_metrics
 from mindrlhf.trainers.sft import SFTConfig, train_sft
 
+from .test_kill_resume import SAVE_EVERY, STEPS, kill_after_a_checkpoint, run, same_run
+
 PAD_MULTIPLE, MAX_LEN = 16, 48
 TRL_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
              "logps/rejected")
@@ -213,6 +215,17 @@ def test_lora_reference_is_the_base_with_adapters_off(toy, tmp_path):
         assert stored["logps"].shape == (720,)
 
 
+def test_simpo_needs_no_reference_pass(toy, tmp_path, capsys):
+    cfg = dpo_config(toy, tmp_path / "simpo", "train.max_steps=1", "train.eval_every=0", "train.save_every=0",
+                     "dpo.loss_type=simpo", "dpo.beta=2.0", "dpo.simpo_gamma=0.5")
+    train_dpo(cfg)
+    assert "reference log-probs" not in capsys.readouterr().out
+    row = read_metrics(str(tmp_path / "simpo" / "metrics.jsonl"))[0]
+    # rewards are β · log π(y)/|y|, no reference: negative from the first step (a DPO run's are 0 there)
+    assert row["rewards/chosen"] < 0 and row["rewards/rejected"] < 0
+    assert row["loss"] > 0 and np.isfinite(row["loss"])
+
+
 @pytest.mark.slow
 def test_dpo_learns_the_preference_on_held_out_pairs(toy, tmp_path):
     cfg = dpo_config(toy, tmp_path / "learn", "train.max_steps=60", "train.eval_every=20", "train.save_every=0",
@@ -222,3 +235,17 @@ def test_dpo_learns_the_preference_on_held_out_pairs(toy, tmp_path):
     accuracies = [r["eval_rewards/accuracies"] for r in evals]
     assert accuracies[-1] > 0.6 and accuracies[-1] > accuracies[0], accuracies
     assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy, tmp_path):
+    args = ["dpo", f"model={toy / 'sft' / 'model'}", f"data.train={toy / 'rankings.jsonl'}", "data.max_length=48",
+            "train.batch_size=8", f"train.max_steps={STEPS}", "train.eval_every=4", f"train.save_every={SAVE_EVERY}",
+            "train.log_every=1", "train.progress=false", "optim.warmup_steps=2", "optim.lr=1e-3"]
+    run(args, tmp_path / "whole")
+    step = kill_after_a_checkpoint(args, tmp_path / "killed")
+    assert SAVE_EVERY <= step < STEPS, f"the run was not killed mid-way (latest checkpoint {step})"
+    stored = (tmp_path / "killed" / REFERENCE_FILE).stat().st_mtime_ns
+    run(["dpo", f"--resume={tmp_path / 'killed'}", *args[1:]], tmp_path / "killed")
+    assert (tmp_path / "killed" / REFERENCE_FILE).stat().st_mtime_ns == stored  # read back, not recomputed
+    same_run(tmp_path / "whole", tmp_path / "killed")
