@@ -26,7 +26,7 @@ import dataclasses
 import gc
 import hashlib
 import os
-from typing import Optional
+from typing import ClassVar, Optional
 
 import mindspore as ms
 import numpy as np
@@ -60,10 +60,10 @@ class DPODataConfig(DataConfig):
                               "best = the best response against each other one (K − 1)")
 
     def validate(self):
-        require(bool(self.train), "data.train", "set the rankings file, e.g. data.train=rankings.jsonl "
+        require(bool(self.train), "train", "set the rankings file, e.g. data.train=rankings.jsonl "
                                                 "(make one with `mindrlhf data rankings`)")
         super().validate()
-        require(self.pairs in PAIR_MODES, "data.pairs", f"{self.pairs!r}: expected one of {', '.join(PAIR_MODES)}")
+        require(self.pairs in PAIR_MODES, "pairs", f"{self.pairs!r}: expected one of {', '.join(PAIR_MODES)}")
 
 
 @dataclasses.dataclass
@@ -77,12 +77,12 @@ class DPOAlgoConfig:
                                  "(Pang et al. 2024 use 1.0); 0 = off")
 
     def validate(self):
-        require(self.loss_type in DPO_LOSSES.names(), "dpo.loss_type",
+        require(self.loss_type in DPO_LOSSES.names(), "loss_type",
                 f"{self.loss_type!r}: expected one of {', '.join(DPO_LOSSES.names())}")
-        require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
-        require(0 <= self.label_smoothing < 0.5, "dpo.label_smoothing",
+        require(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        require(0 <= self.label_smoothing < 0.5, "label_smoothing",
                 f"must be in [0, 0.5), got {self.label_smoothing}")
-        require(self.sft_coef >= 0, "dpo.sft_coef", f"must be >= 0, got {self.sft_coef}")
+        require(self.sft_coef >= 0, "sft_coef", f"must be >= 0, got {self.sft_coef}")
 
 
 @dataclasses.dataclass
@@ -93,6 +93,10 @@ class DPOLoopConfig(LoopConfig):
 
 @dataclasses.dataclass
 class DPOConfig:
+    # What the checkpoints' shapes, the data order and the stored reference log-probs were made with.
+    fixed_on_resume: ClassVar[tuple] = ("model", "reference", "lora.enabled", "lora.rank", "lora.targets",
+                                        "data.max_length", "data.pairs", "train.batch_size")
+
     model: str = field("runs/sft/model", "the policy's start: SFT output folder, HuggingFace folder, GGUF or preset")
     reference: str = field("", "model folder the policy is tied to; empty = model (the usual DPO reference)")
     tokenizer: str = field("", "tokenizer folder; empty = the model folder's")
@@ -101,7 +105,7 @@ class DPOConfig:
     out_dir: str = field("runs/dpo", "run folder: reference log-probs, checkpoints, metrics, plots, model/")
     data: DPODataConfig = field(DPODataConfig(), "preference pairs")
     train: DPOLoopConfig = field(DPOLoopConfig(), "batching, length and cadence of training")
-    dpo: DPOAlgoConfig = field(DPOAlgoConfig(), "the loss")
+    algo: DPOAlgoConfig = field(DPOAlgoConfig(), "the loss")
     optim: OptimConfig = field(OptimConfig(lr=1e-4, warmup_steps=10), "AdamW and its schedule")
     runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed")
 
@@ -257,7 +261,7 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
     rt = runtime.setup(cfg.runtime)
     prepare_run_dir(cfg.out_dir, resume, overwrite)
     tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.model)
-    data, algo = cfg.data, cfg.dpo
+    data, algo = cfg.data, cfg.algo
 
     def encode_file(path):
         encoded = encode_rankings(load_rankings(path, data.skip_invalid), tokenizer, data.max_length,

@@ -217,7 +217,7 @@ def test_lora_reference_is_the_base_with_adapters_off(toy, tmp_path):
 
 def test_simpo_needs_no_reference_pass(toy, tmp_path, capsys):
     cfg = dpo_config(toy, tmp_path / "simpo", "train.max_steps=1", "train.eval_every=0", "train.save_every=0",
-                     "dpo.loss_type=simpo", "dpo.beta=2.0", "dpo.simpo_gamma=0.5")
+                     "algo.loss_type=simpo", "algo.beta=2.0", "algo.simpo_gamma=0.5")
     train_dpo(cfg)
     assert "reference log-probs" not in capsys.readouterr().out
     row = read_metrics(str(tmp_path / "simpo" / "metrics.jsonl"))[0]
