@@ -117,6 +117,37 @@ def side_prepare(args) -> dict:
     return {"vocab_size": config["vocab_size"]}
 
 
+def instrument_stage(dpo, Updater) -> dict:
+    """Wrap the DPO stage's reference pass, compiled step and held-out evaluation: the returned dict fills
+    with their times and the peak RSS after each (where the memory of a run comes from)."""
+    sink = {"update_s": [], "update_cpu_s": [], "peak_rss_mb_after": {}}
+    reference_pass, update, heldout_metrics = dpo.reference_pass, Updater.step, dpo.heldout_metrics
+
+    def timed_reference(*a, **k):
+        t0 = time.perf_counter()
+        out = reference_pass(*a, **k)
+        sink["reference_s"] = time.perf_counter() - t0
+        sink["peak_rss_mb_after"]["reference pass"] = bc.peak_rss_mb()
+        return out
+
+    def timed_update(self, micro_batches):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = update(self, micro_batches)
+        sink["update_s"].append(time.perf_counter() - t0)
+        sink["update_cpu_s"].append(time.process_time() - c0)
+        sink["peak_rss_mb_after"].setdefault("first step", bc.peak_rss_mb())
+        sink["peak_rss_mb_after"]["last step"] = bc.peak_rss_mb()
+        return out
+
+    def marked_heldout(*a, **k):
+        out = heldout_metrics(*a, **k)
+        sink["peak_rss_mb_after"]["held-out evaluation"] = bc.peak_rss_mb()
+        return out
+
+    dpo.reference_pass, Updater.step, dpo.heldout_metrics = timed_reference, timed_update, marked_heldout
+    return sink
+
+
 def side_ours(args) -> dict:
     import mindspore as ms
 
@@ -140,23 +171,7 @@ def side_ours(args) -> dict:
                           weight_decay=0.0, max_grad_norm=1.0),
         runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", graph_kernel=args.graph_kernel))
 
-    sink = {"update_s": [], "update_cpu_s": []}  # the compiled steps alone, and the reference pass, in the run
-    reference_pass, update = dpo.reference_pass, Updater.step
-
-    def timed_reference(*a, **k):
-        t0 = time.perf_counter()
-        out = reference_pass(*a, **k)
-        sink["reference_s"] = time.perf_counter() - t0
-        return out
-
-    def timed_update(self, micro_batches):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = update(self, micro_batches)
-        sink["update_s"].append(time.perf_counter() - t0)
-        sink["update_cpu_s"].append(time.process_time() - c0)
-        return out
-
-    dpo.reference_pass, Updater.step = timed_reference, timed_update
+    sink = instrument_stage(dpo, Updater)
     bc.PHASE["now"] = "train_dpo"
     t0 = time.perf_counter()
     dpo.train_dpo(cfg, overwrite=True)
@@ -168,8 +183,8 @@ def side_ours(args) -> dict:
     out = summarize(steps, times, args)
     out.update(run_s=run_s, reference_s=sink.get("reference_s"), update_s=float(np.mean(sink["update_s"][1:])),
                cpu_step_s=float(np.mean(sink["update_cpu_s"][1:])),  # of the compiled step (most of a step)
-               update_first_s=sink["update_s"][0], jit_level=args.jit_level, graph_kernel=args.graph_kernel,
-               versions=bc.versions("mindspore", "numpy"))
+               update_first_s=sink["update_s"][0], peak_rss_mb_after=sink["peak_rss_mb_after"],
+               jit_level=args.jit_level, graph_kernel=args.graph_kernel, versions=bc.versions("mindspore", "numpy"))
     return out
 
 
@@ -255,11 +270,13 @@ def child_args(args, side: str, size: str, folder: str) -> list:
 
 
 def describe(d: dict) -> str:
+    after = d.get("peak_rss_mb_after")
     extra = f", compiled step {d['update_s']:.3f} s" if "update_s" in d else ""
     return (f"{d['step_s']:.3f} s/step ({d['tokens_per_s']:.0f} tok/s, CPU {d['cpu_step_s']:.3f} s/step{extra}), "
             f"first {d['first_s']:.1f} s, "
             f"reference pass {d['reference_s']:.1f} s, whole run {d['run_s']:.1f} s, peak RSS "
-            f"{d['peak_rss_mb']:.0f} MB")
+            f"{d['peak_rss_mb']:.0f} MB" + (" (after the " + ", ".join(f"{k} {v:.0f}" for k, v in after.items()) + ")"
+                                            if after else ""))
 
 
 def compare(row: dict) -> dict:
@@ -285,11 +302,11 @@ def orchestrate(args) -> dict:
                              "graph_kernel", "threads", "ms_threads"),
                             NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
     for row in report["rows"]:
-        row["equivalence"] = compare(row)
-        if row["equivalence"]:
-            d = row["equivalence"]["max_abs_diff"]
-            row["notes"].append(f"DPO {row['size']}: max |mindrlhf − TRL| over the first {row['equivalence']['steps']} "
-                                f"steps: loss {d['loss']:.1e}, rewards/margins {d['rewards/margins']:.1e}.")
+        row["equivalence"] = same = compare(row)
+        if same:
+            d = same["max_abs_diff"]
+            row["notes"].append(f"DPO {row['size']}: max |mindrlhf − TRL| over the first {same['steps']} steps: "
+                                f"loss {d['loss']:.1e}, rewards/margins {d['rewards/margins']:.1e}.")
     return report
 
 
