@@ -36,6 +36,8 @@ NOTES = [
     "both sides compute the reference log-probs once before training (not in the step). tokens/s = real "
     "(unpadded) prompt+response tokens of the step's 2B sequences / seconds per step. mindrlhf pads every "
     "batch to data.max_length (one compiled shape), TRL to the longest sequence of the batch.",
+    "DPO peak RSS: mindrlhf's is its stage's whole run, the held-out evaluation (a compiled forward of its own) and "
+    "the export after training included; TRL's run has no evaluation and saves nothing.",
 ]
 
 
