@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # All benchmarks of mindrlhf against its peers, one report:
-#   PPO iteration vs TRL's PPOTrainer, SFT train step vs a plain torch loop, generation vs transformers.
+#   PPO iteration vs TRL's PPOTrainer, SFT train step vs a plain torch loop, generation vs transformers,
+#   DPO step vs TRL's DPOTrainer (with the per-step equivalence of their losses and margins).
 #
 #   bash run/bench_all.sh                 # tiny, GPT-2-small, SmolLM2-135M (smollm2 adds ~20 min on 2 cores)
 #   SIZES=tiny,gpt2 bash run/bench_all.sh # random-weight presets only (minutes)
@@ -28,6 +29,7 @@ EXTRA=${EXTRA:-}            # e.g. EXTRA="--jit-level O1" for the mindrlhf side 
 PPO=${PPO:-"--batch 8 --prompt-len 32 --new-tokens 32 --epochs 1 --mini-batch 4 --iters 2"}
 TRAIN=${TRAIN:-"--batch 8 --seq-len 64 --steps 5"}
 GENERATE=${GENERATE:-"--batches 8,32 --prompt-len 64 --new-tokens 128 --repeats 2"}
+DPO=${DPO:-"--batch 8 --steps 10 --prompt-len 24 --response-len 32 --beta 0.1 --lr 1e-4"}  # random sizes only
 SMOL_PPO=${SMOL_PPO:-$PPO}  # ~11 GB peak RSS on the mindrlhf side (estimate); the guard ends it at 70% of RAM
 SMOL_TRAIN=${SMOL_TRAIN:-$TRAIN}
 SMOL_GENERATE=${SMOL_GENERATE:-$GENERATE}
@@ -69,8 +71,11 @@ echo "== generation: mindrlhf vs transformers generate"
 bench generate "$RANDOM_SIZES" "$GENERATE" run/bench_generate.py
 smol generate_smollm2 "$SMOL" "$SMOL_GENERATE" run/bench_generate.py
 
+echo "== DPO step: mindrlhf vs TRL (and their first steps' losses and margins side by side)"
+bench dpo "$RANDOM_SIZES" "$DPO" run/bench_dpo.py --trl-python "$VENV/bin/python" $EXTRA
+
 REPORTS=()
-for name in ppo ppo_smollm2 train train_smollm2 generate generate_smollm2; do
+for name in ppo ppo_smollm2 train train_smollm2 generate generate_smollm2 dpo; do
     if [ -f "$OUT/$name.json" ]; then REPORTS+=("$OUT/$name.json"); fi
 done
 "$PY" run/bench_common.py report "${REPORTS[@]}" --md "$RESULTS.md" --json "$RESULTS.json" \

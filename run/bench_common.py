@@ -3,7 +3,7 @@
 Every benchmark measures each framework in its own child process (so its peak RSS is its own) and
 returns rows of one shape::
 
-    {"bench": "ppo" | "train" | "generate", "size": "tiny", "settings": {...},
+    {"bench": "ppo" | "train" | "generate" | "dpo", "size": "tiny", "settings": {...},
      "ours": {...}, "peer_name": "trl 0.28.0", "peer": {...},
      "speed_metric": "tokens_per_s", "speedup": ours / peer  (> 1: mindrlhf is faster)}
 
@@ -303,8 +303,8 @@ def _fmt(x, digits=2):
 
 
 def _settings_text(s: dict) -> str:
-    keys = ("batch", "prompt_len", "new_tokens", "seq_len", "epochs", "mini_batch", "jit_level", "graph_kernel",
-            "threads", "ms_threads")
+    keys = ("batch", "prompt_len", "new_tokens", "response_len", "seq_len", "epochs", "mini_batch", "beta", "lr",
+            "jit_level", "graph_kernel", "threads", "ms_threads")
     return " ".join(f"{k}={s[k]}" for k in keys if s.get(k) not in (None, ""))
 
 

@@ -1,10 +1,14 @@
 """Config loading: YAML + dotted overrides, with errors that name the file, line and key."""
 import dataclasses
 import functools
+import glob
+import importlib
+import os
 from typing import List, Optional
 
 import pytest
 
+from mindrlhf.cli import STAGES
 from mindrlhf.config import ConfigError, describe, field, load_config, load_run_config, require, save_config
 from mindrlhf.generation import GenerateConfig
 from mindrlhf.nn.config import ModelConfig
@@ -210,6 +214,22 @@ def test_a_required_key_of_a_command_is_named():
         load_config(RankingsCommandConfig)
     with pytest.raises(ConfigError, match="^model: required"):
         load_config(GenerateConfig)
+
+
+SHIPPED = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                       "*.yaml")))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_every_shipped_config_loads_into_its_stage_and_validates(path):
+    """configs/<stage>_*.yaml is what `mindrlhf <stage> --config` reads (files are only opened when it runs)."""
+    stage = os.path.basename(path).split("_", 1)[0]
+    assert stage in STAGES, f"{path}: name it after the command that reads it ({', '.join(STAGES)})"
+    module, cls_name = STAGES[stage][:2]
+    cfg = load_config(getattr(importlib.import_module(module), cls_name), path)
+    if os.path.basename(path) == "dpo_shelf_smollm2.yaml":  # LoRA on the SmolLM2 pipeline's SFT model
+        assert cfg.lora.enabled and cfg.model == "runs/pipeline_smollm2/sft/model" and not cfg.reference
+        assert cfg.data.train == "runs/pipeline_smollm2/data/rankings.jsonl" and cfg.algo.loss_type == "sigmoid"
 
 
 # ------------------------------------------------------------------------------- the PPO algorithm section

@@ -325,14 +325,13 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
         describe_aux=lambda auxes: describe(auxes, nll=nll),
         unit="pair",
         export=export,
+        name="dpo",
     )
     return run_loop(stage, cfg.train, cfg.out_dir, resume, config=cfg)
 
 
 class DPOStage(SupervisedStage):
-    """The supervised stage over pairs, with DPO's name and the margin and accuracy on the progress bar."""
-
-    name = "dpo"
+    """The supervised stage over pairs, with the margin and accuracy on the progress bar."""
 
     def postfix(self, metrics: dict) -> dict:
         shown = super().postfix(metrics)

@@ -186,7 +186,9 @@ def test_train_resume_and_run_folder(toy, tmp_path, capsys):
     assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4]
     run = tmp_path / "whole"
     assert (run / REFERENCE_FILE).is_file() and (run / "model" / "model.safetensors").is_file()
-    assert "[dpo] reference log-probs of 720 sequences" in capsys.readouterr().out  # 240 rankings × K=3
+    out = capsys.readouterr().out
+    assert "[dpo] reference log-probs of 720 sequences" in out  # 240 rankings × K=3
+    assert "[dpo] step 4/4 loss=" in out and "[train]" not in out  # the loop's lines carry the stage's name
 
     half = dpo_config(toy, tmp_path / "half", "train.max_steps=2", "train.save_every=2", "train.eval_every=2",
                       "train.micro_batch_size=4")
