@@ -18,12 +18,10 @@ come from the config's ``reward.kwargs``, keyed by the function's spec::
 from __future__ import annotations
 
 import functools
-import os
 import re
 from typing import Optional, Sequence
 
-from mindrlhf.data.builtin.labeler import Labeler
-from mindrlhf.data.builtin.world import load_world
+from mindrlhf.data.builtin.functions import judge
 
 # A number: optional sign, digits with optional thousands commas, optional decimals ("-1,234.5").
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
@@ -86,14 +84,8 @@ def length_penalty(prompts: Sequence[str], responses: Sequence[str], *, limit: i
     return [-per_char * max(0, len(r.strip()) - limit) for r in responses]
 
 
-@functools.lru_cache(maxsize=4)
-def _labeler(world: str) -> Labeler:
-    return Labeler(load_world(world))
-
-
 def movie_labeler(prompts: Sequence[str], responses: Sequence[str], *, world: str, **columns) -> list:
     """The built-in movie task's hidden labeler (:class:`~mindrlhf.data.builtin.labeler.Labeler`): its score of
     each response to its prompt. ``world`` is the task's ``world.json`` (``mindrlhf data builtin`` writes it
     beside the prompts), given in ``reward.kwargs``."""
-    labeler = _labeler(os.path.abspath(world))
-    return [labeler.score(p, r) for p, r in zip(prompts, responses)]
+    return judge(prompts, responses, world=world)
