@@ -61,8 +61,9 @@ def load_function(spec: str, key: str, kwargs: Optional[Mapping] = None) -> Call
     try:
         module = _import(module_name)
     except ImportError as err:
-        raise ConfigError(f"{key}: cannot import module {module_name!r} of {spec!r}: {err} "
-                          "(is it installed, or on PYTHONPATH?)") from None
+        hint = "paths are relative to the working folder" if module_name.endswith(".py") else \
+            "is it installed, or on PYTHONPATH?"
+        raise ConfigError(f"{key}: cannot import module {module_name!r} of {spec!r}: {err} ({hint})") from None
     except Exception as err:  # the module itself is broken: say how, in one line
         raise ConfigError(f"{key}: importing {module_name!r} of {spec!r} failed: {type(err).__name__}: {err}") from None
     obj = module

@@ -63,7 +63,8 @@ class TaskConfig:
 
     def validate(self):
         require(bool(self.name), "name", f"give the task a name: {', '.join(TASKS)} or your own")
-        own = ("demonstrations", "prompts", "heldout_prompts", "labeler", "judge", "corpus")
+        own = ("demonstrations", "prompts", "heldout_prompts", "labeler", "labeler_kwargs", "judge", "judge_kwargs",
+               "corpus")
         if self.name in TASKS:
             for key in own:
                 require(not getattr(self, key), key, f"task {self.name!r} brings its own; to use yours, give the "
@@ -75,8 +76,8 @@ class TaskConfig:
             require(bool(self.labeler) or bool(self.rankings), "labeler",
                     "set a labeler (module:function ranking K answers) or rankings files people made")
         for key in ("labeler", "judge"):
-            require(not getattr(self, f"{key}_kwargs") or bool(getattr(self, key)) or self.name in TASKS,
-                    f"{key}_kwargs", f"given without a {key}")
+            require(not getattr(self, f"{key}_kwargs") or bool(getattr(self, key)), f"{key}_kwargs",
+                    f"given without a {key}")
         require(self.vocab_size >= 1, "vocab_size", f"must be >= 1, got {self.vocab_size}")
 
 

@@ -160,6 +160,7 @@ def test_the_corpus_of_a_task_is_its_demonstrations_and_prompts(tmp_path):
     (["task.name=mine", "task.demonstrations=d", "task.prompts=p", "task.heldout_prompts=h"],
      "task.labeler: set a labeler (module:function ranking K answers) or rankings files people made"),
     (["task.demonstrations=d"], "task.demonstrations: task 'builtin' brings its own"),
+    (["task.judge_kwargs={world: w.json}"], "task.judge_kwargs: task 'builtin' brings its own"),
     (["task.name=mine", "task.demonstrations=d", "task.prompts=p", "task.heldout_prompts=h", "task.rankings=[r]",
       "iterate.rounds=2"], "iterate.rounds: 2 rounds: the rounds after the first rank the policy's samples"),
     (["task.name=mine", "task.demonstrations=d", "task.prompts=p", "task.heldout_prompts=h", "task.labeler=m:f",
@@ -177,7 +178,7 @@ def test_a_wrong_function_name_is_a_config_error_before_anything_runs(tmp_path):
                       judge=f"{tmp_path / 'missing.py'}:judge")
     with pytest.raises(ConfigError, match="task.labeler: 'mindrlhf.tasks:nope': 'mindrlhf.tasks' has no attribute"):
         load_labeler(task)
-    with pytest.raises(ConfigError, match="task.judge: cannot import module .*missing.py.*no file"):
+    with pytest.raises(ConfigError, match="task.judge: cannot import module .*missing.py.*no file .*relative to the wo"):
         load_judge(task)
     with pytest.raises(PluginError, match="judge .* returned 1 scores for 2 responses"):
         load_judge(TaskConfig(name="m", judge="mindrlhf.rewards:exact_match"))(["a"], ["1", "2"], {"answer": ["1"]})
