@@ -7,7 +7,7 @@ Stage commands take a YAML recipe and dotted overrides::
     mindrlhf sft --help-config                                           # every key with its help
     mindrlhf launch -n 2 sft --config configs/sft_builtin.yaml           # 2 data-parallel workers (msrun)
 
-``mindrlhf data rankings`` and ``mindrlhf generate`` take their options from a config dataclass
+``mindrlhf data rankings``, ``mindrlhf generate`` and ``mindrlhf score`` take their options from a config dataclass
 (``--k 4``, ``--max-new-tokens 64``, or ``--config FILE`` and KEY=VALUE overrides); ``--help-config``
 lists them with their defaults.
 
@@ -38,6 +38,7 @@ from .launch import LaunchPlan, launch
 from .nn import CausalLM
 from .nn.gguf import gguf_to_hf_folder
 from .runtime import RuntimeConfig
+from .scoring import ScoreConfig, score_file
 from .trainers.loop import DivergedError, Interrupted
 from .trainers.rankings import RankingsCommandConfig, sample_rankings
 from .trainers.reward import evaluate_rm
@@ -49,7 +50,7 @@ STAGES = {
     "ppo": ("mindrlhf.trainers.ppo", "PPOConfig", "train_ppo", "stage 3: PPO against the reward model, KL-tied to the reference"),
     "dpo": ("mindrlhf.trainers.dpo", "DPOConfig", "train_dpo", "DPO (or IPO, hinge, SimPO) on preference pairs from rankings"),
     "pipeline": ("mindrlhf.pipeline", "PipelineConfig", "run_pipeline",
-                 "the whole recipe on the built-in task: data → SFT → rankings → RM → PPO → report"),
+                 "the whole recipe on a task (the built-in one, or yours): data → SFT → rankings → RM → PPO → report"),
 }
 
 
@@ -123,6 +124,9 @@ def _tool_parser(sub, name: str, cls, func, help_text: str):
         if tp is bool:
             p.add_argument(f"--{'no-' if default else ''}{flag}", dest=f.name, action="store_const",
                            const=not default, help=f"{f.name} = {str(not default).lower()} ({text})")
+        elif typing.get_origin(tp) in (dict, list) or tp in (dict, list):  # given as YAML: '{world: w.json}'
+            p.add_argument(f"--{flag}", dest=f.name, type=yaml.safe_load, metavar="YAML",
+                           help=f"{text} (default {default!r})")
         else:
             p.add_argument(f"--{flag}", dest=f.name, type=tp, metavar=f.name.upper(),
                            help=f"{text} (default {default!r})" if default != "" else text)
@@ -147,17 +151,18 @@ def _data_rankings(args) -> int:
     cfg = _tool_config(args)
     if cfg is None:
         return 0
-    s = sample_rankings(cfg.policy, cfg.prompts, cfg.out, seed=cfg.seed, world_file=cfg.world,
-                        runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed), **cfg.sampling())
+    s = sample_rankings(cfg.policy, cfg.prompts, cfg.out, cfg.labeler, cfg.labeler_kwargs, seed=cfg.seed,
+                        chat_template=cfg.chat_template, runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed),
+                        **cfg.sampling())
     print(f"[data] {s['rankings']} rankings of K={cfg.k} → {cfg.out} ({s['dropped']} prompts dropped for fewer "
-          f"than 2 distinct responses; labeler's mean score of the samples {s['mean_score']:.3f})")
+          f"than 2 distinct responses)")
     return 0
 
 
 def _eval_rm(args) -> int:
-    s = evaluate_rm(args.model, args.data, batch_size=args.batch_size, save=not args.no_save,
-                    runtime_cfg=RuntimeConfig())
-    where = "" if args.no_save else f" → {os.path.join(args.model, 'rm_stats.json')}"
+    s = evaluate_rm(args.model, args.data, batch_size=args.batch_size, write=args.write_stats,
+                    chat_template=not args.no_chat_template, runtime_cfg=RuntimeConfig())
+    where = f" → {os.path.join(args.model, 'rm_stats.json')}" if args.write_stats else ""
     print(f"[eval rm] accuracy={s['accuracy']:.4f} mean_margin={s['mean_margin']:.4f} "
           f"reward_mean={s['reward_mean']:.4f} reward_std={s['reward_std']:.4f} "
           f"({s['pairs']} pairs over {s['prompts']} prompts){where}")
@@ -171,9 +176,19 @@ def _generate(args) -> int:
     s = generate_file(cfg.model, cfg.prompts, cfg.out, tokenizer=cfg.tokenizer, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
                       batch_size=cfg.batch_size, chat_template=cfg.chat_template, progress=cfg.progress,
-                      runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed))
-    print(f"[generate] {s['prompts']} responses ({s['finished']} ended with EOS, {s['tokens']} tokens, "
+                      num_samples=cfg.num_samples, runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed))
+    print(f"[generate] {s['answers']} responses to {s['prompts']} prompts ({s['finished']} ended with EOS, {s['tokens']} tokens, "
           f"{s['tokens'] / max(s['seconds'], 1e-9):.1f} tokens/s) → {cfg.out}")
+    return 0
+
+
+def _score(args) -> int:
+    cfg = _tool_config(args)
+    if cfg is None:
+        return 0
+    s = score_file(cfg)
+    print(f"[score] {s['answers']} answers scored → {cfg.out}" + (f" ({s['skipped']} lines skipped)" if s["skipped"]
+                                                                    else ""))
     return 0
 
 
@@ -241,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shelf", type=int, default=0, help="films listed with their facts in every prompt (0 = none)")
     b.set_defaults(func=_data_builtin)
     _tool_parser(data_sub, "rankings", RankingsCommandConfig, _data_rankings,
-                 "sample K responses per prompt from a policy; the built-in labeler ranks them")
+                 "sample K responses per prompt from a policy; a labeler (module:function) ranks them")
     e = data_sub.add_parser("export", help="convert a JSONL file to MindRecord (read back by the same loaders)")
     e.add_argument("--input", required=True)
     e.add_argument("--out", required=True)
@@ -252,15 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a stage's product")
     ev_sub = ev.add_subparsers(dest="what", metavar="WHAT")
     ev_sub.required = True
-    er = ev_sub.add_parser("rm", help="reward model: held-out pairwise accuracy, mean margin, reward mean/std")
+    er = ev_sub.add_parser("rm", help="reward model: held-out pairwise accuracy, mean margin, reward mean/std "
+                            "(printed; --write-stats to store them in the model folder)")
     er.add_argument("--model", required=True, help="the model/ folder of a `mindrlhf rm` run")
     er.add_argument("--data", required=True, help="rankings JSONL to evaluate on")
     er.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
-    er.add_argument("--no-save", action="store_true", help="print only; do not write rm_stats.json")
+    er.add_argument("--write-stats", action="store_true", help="also replace the model's rm_stats.json with these "
+                    "stats (its reward mean and std normalise PPO's scores); without it the folder is left as it is")
+    er.add_argument("--no-chat-template", action="store_true",
+                    help="plain continuation, for a reward model trained with data.chat_template=false")
     er.set_defaults(func=_eval_rm)
 
     _tool_parser(sub, "generate", GenerateConfig, _generate,
-                 "answer every prompt of a prompts JSONL file; one JSONL line per prompt")
+                 "answer every prompt of a prompts JSONL file; one JSONL line per answer")
+    _tool_parser(sub, "score", ScoreConfig, _score,
+                 "score prompt/answer lines: the reward model's score, log-probs under --policy and --reference, "
+                 "their KL")
 
     c = sub.add_parser("convert", help="read a HuggingFace folder and write it back through our model")
     c.add_argument("src", nargs="?", help="HuggingFace folder (config.json + safetensors)")

@@ -6,6 +6,8 @@ dotted overrides (``train.max_steps=50``) into that tree, and checks it on the w
 - an unknown or repeated key fails with the file, the line and the valid keys;
 - a value of the wrong type fails with the key, the value and the expected type (a bad override is
   blamed on the override);
+- a class's ``resolve_includes(data, origin)`` (a staticmethod) may rewrite the raw mapping before it is
+  built: the pipeline puts the stage recipes it names beneath its stage sections;
 - ``validate()`` methods on the dataclasses check ranges and cross-field rules. A ``validate()`` names
   keys relative to its own section (``require(self.lr > 0, "lr", ...)``); :func:`validate` puts the
   section's dotted path in front (``actor_optim.lr``), so a section class reads the same wherever it sits.
@@ -314,6 +316,9 @@ def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] 
     for text in overrides or []:
         keys, value = parse_override(text)
         _merge(data, keys, value, cls, f"override {text!r}")
+    include = getattr(cls, "resolve_includes", None)  # a config that reads other files into its sections
+    if include is not None:
+        data = include(data, path or "")
     cfg = _build(cls, data, path or "", lines)
     validate(cfg)
     return cfg

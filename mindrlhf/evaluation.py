@@ -1,17 +1,18 @@
-"""Held-out evaluation of policies: responses, reward-model score, KL to the reference, labeler score, win rate.
+"""Held-out evaluation of policies: responses, reward-model score, KL to the reference, judge score, win rate.
 
 Every policy answers the same held-out prompts with the same decoding. For each answer we record
 
 - the reward model's score r(x, y) (what PPO optimised),
 - KL to the reference, Σ_t log π(y_t) − log π_ref(y_t) over the answer (how far the policy moved),
-- for the built-in task, the hidden labeler's score (never seen by training: the honest judge),
+- when the task has a judge (:mod:`mindrlhf.tasks`), its score (never seen by training: the honest
+  verdict; the built-in task's judge is its hidden labeler without noise),
 
-and a policy's win rate against a baseline is the fraction of prompts where its labeler score is
+and a policy's win rate against a baseline is the fraction of prompts where its judge score is
 higher, ties counting one half, reported with a bootstrap interval over the prompts (a few dozen
-held-out prompts leave a win rate uncertain by about ±0.1). With the labeler at hand the reward model itself is judged too
-(:func:`reward_model_agreement`): on the evaluated answers, how often it orders two answers to the same
-prompt as the noise-free labeler does. The trainer's held-out accuracy is on noisy rankings of the
-policies that made its training data; this is on the answers of the policies being compared.
+held-out prompts leave a win rate uncertain by about ±0.1). With a judge at hand the reward model itself is
+judged too (:func:`reward_model_agreement`): on the evaluated answers, how often it orders two answers to the
+same prompt as the judge does. The trainer's held-out accuracy is on noisy rankings of the policies that
+made its training data; this is on the answers of the policies being compared.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from .generation import generate_batches, generation_config, response_texts
 from .nn import CausalLM
 from .nn.generate import Generator
 from .nn.hf import load_hf_folder
+from .plugins import prompt_columns
 from .roles import Policy
 from .trainers.experience import assemble
 
@@ -76,21 +78,22 @@ class PolicyAnswers:
     texts: list  # one answer per prompt
     rm_scores: np.ndarray  # [n_prompts]
     kl_to_ref: np.ndarray  # [n_prompts]
-    labeler_scores: Optional[np.ndarray] = None  # [n_prompts] (built-in task only)
+    judge_scores: Optional[np.ndarray] = None  # [n_prompts], float64 (tasks with a judge)
 
     def summary(self) -> dict:
         out = {"rm_score": float(self.rm_scores.mean()), "kl_to_ref": float(self.kl_to_ref.mean()),
                "answer_words": float(np.mean([len(t.split()) for t in self.texts]))}
-        if self.labeler_scores is not None:
-            out["labeler_score"] = float(self.labeler_scores.mean())
+        if self.judge_scores is not None:
+            out["judge_score"] = float(self.judge_scores.mean())
         return out
 
 
 class Evaluator:
-    """Compiled generation and scoring passes built once; each policy's weights are loaded into the same Cells."""
+    """Compiled generation and scoring passes built once; each policy's weights are loaded into the same Cells.
+    ``judge(prompts, responses, columns) -> float64 [n]`` (:func:`mindrlhf.tasks.load_judge`) or None."""
 
-    def __init__(self, reference_dir: str, reward_model, cfg: EvalConfig, labeler=None):
-        self.cfg, self.reward_model, self.labeler = cfg, reward_model, labeler
+    def __init__(self, reference_dir: str, reward_model, cfg: EvalConfig, judge=None):
+        self.cfg, self.reward_model, self.judge = cfg, reward_model, judge
         self.tokenizer = Tokenizer.load(reference_dir)
         self.lm = CausalLM.from_pretrained(reference_dir)
         self.generator = Generator(self.lm, prompt_bucket=cfg.prompt_bucket)
@@ -98,7 +101,7 @@ class Evaluator:
         self.ref = _SequenceLogprob(Policy(CausalLM.from_pretrained(reference_dir)), cfg.max_new_tokens)
 
     def answer(self, policy_dir: str, prompts: Sequence, decoding: str, name: str = "", seed: int = 0) -> PolicyAnswers:
-        """Answers of the policy in ``policy_dir``, scored by the reward model, the reference and the labeler.
+        """Answers of the policy in ``policy_dir``, scored by the reward model, the reference and the judge.
         The batch of prompts ``i ..`` samples with seed ``seed + i``."""
         _, tensors = load_hf_folder(policy_dir)
         self.lm.assign_weights(tensors, source=policy_dir)
@@ -114,11 +117,11 @@ class Evaluator:
             own, ref = self.own(*args, ms.Tensor(response_mask)), self.ref(*args, ms.Tensor(response_mask))
             kl.append(own.asnumpy() - ref.asnumpy())
             texts += [t.strip() for t in response_texts(tok, gen)]
-        labels = None
-        if self.labeler is not None:
-            labels = np.array([self.labeler.score(p.text, t) for p, t in zip(prompts, texts)], np.float64)
+        verdicts = None
+        if self.judge is not None:
+            verdicts = self.judge([p.text for p in prompts], texts, prompt_columns([p.meta for p in prompts]))
         return PolicyAnswers(name or policy_dir, [p.text for p in prompts], texts, np.concatenate(rm),
-                             np.concatenate(kl), labels)
+                             np.concatenate(kl), verdicts)
 
 
 def _prompt_wins(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -152,7 +155,7 @@ def bootstrap_interval(values: np.ndarray, level: float = 0.95, resamples: int =
 
 
 def head_to_head(candidate: np.ndarray, baseline: np.ndarray) -> dict:
-    """Per-prompt comparison of two policies' labeler scores: win rates (:func:`win_rate`,
+    """Per-prompt comparison of two policies' judge scores: win rates (:func:`win_rate`,
     :func:`decisive_win_rate`), ties, the wins/losses/ties counts, the mean score gain, and bootstrap
     intervals (:func:`bootstrap_interval`) of the win rate and of the gain."""
     x, y = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
@@ -160,50 +163,51 @@ def head_to_head(candidate: np.ndarray, baseline: np.ndarray) -> dict:
     return {"win_rate": win_rate(x, y), "decisive_win_rate": decisive_win_rate(x, y), "ties": float(np.mean(x == y)),
             "wins_losses_ties": [wins, losses, len(x) - wins - losses],
             "win_rate_interval": list(bootstrap_interval(_prompt_wins(x, y))),
-            "labeler_gain": float(np.mean(x - y)), "labeler_gain_interval": list(bootstrap_interval(x - y))}
+            "judge_gain": float(np.mean(x - y)), "judge_gain_interval": list(bootstrap_interval(x - y))}
 
 
 def reward_model_agreement(group: Sequence[PolicyAnswers]) -> dict:
-    """How well the reward model agrees with the labeler on the answers of ``group`` (same prompts).
+    """How well the reward model agrees with the judge on the answers of ``group`` (same prompts).
 
-    ``pair_accuracy``: over every prompt and every two policies whose answers the labeler scores
+    ``pair_accuracy``: over every prompt and every two policies whose answers the judge scores
     differently, the fraction the reward model orders the same way (a reward-model tie counts ½);
     ``pairs``: how many such pairs; ``correlation``: Pearson's r between the two scores over all answers.
     """
     rm = np.stack([a.rm_scores for a in group])  # [policies, prompts]
-    lab = np.stack([a.labeler_scores for a in group])
+    judged = np.stack([a.judge_scores for a in group])
     hits, pairs = 0.0, 0
     for i in range(len(group)):
         for j in range(i + 1, len(group)):
-            differ = lab[i] != lab[j]
-            agree = np.sign(rm[i] - rm[j]) * np.sign(lab[i] - lab[j])
+            differ = judged[i] != judged[j]
+            agree = np.sign(rm[i] - rm[j]) * np.sign(judged[i] - judged[j])
             hits += float(np.sum(((agree > 0) + 0.5 * (agree == 0))[differ]))
             pairs += int(differ.sum())
-    flat_rm, flat_lab = rm.ravel(), lab.ravel()
-    spread = flat_rm.std() > 0 and flat_lab.std() > 0
+    flat_rm, flat_judged = rm.ravel(), judged.ravel()
+    spread = flat_rm.std() > 0 and flat_judged.std() > 0
     return {"pair_accuracy": hits / pairs if pairs else float("nan"), "pairs": pairs,
-            "correlation": float(np.corrcoef(flat_rm, flat_lab)[0, 1]) if spread else float("nan")}
+            "correlation": float(np.corrcoef(flat_rm, flat_judged)[0, 1]) if spread else float("nan")}
 
 
 def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence, cfg: EvalConfig,
-            labeler=None, baseline: str = "") -> tuple[dict, dict]:
+            judge=None, baseline: str = "") -> tuple[dict, dict]:
     """Answer ``prompts`` with each policy (name → folder) under each decoding.
 
     Returns (summary[decoding][policy] → metrics, answers[decoding] → list of PolicyAnswers); with a
-    labeler, ``summary["reward_model_vs_labeler"][decoding]`` holds :func:`reward_model_agreement`.
+    judge, the :func:`head_to_head` figures against ``baseline`` and
+    ``summary["reward_model_vs_judge"][decoding]`` (:func:`reward_model_agreement`).
     """
-    evaluator = Evaluator(reference_dir, reward_model, cfg, labeler)
+    evaluator = Evaluator(reference_dir, reward_model, cfg, judge)
     prompts = list(prompts)[: cfg.max_prompts or None]
     summary, answers = {}, {}
     for decoding in cfg.decodings:
         answers[decoding] = [evaluator.answer(d, prompts, decoding, name) for name, d in policies.items()]
         summary[decoding] = {a.name: a.summary() for a in answers[decoding]}
         base = next((a for a in answers[decoding] if a.name == baseline), None)
-        if base is not None and labeler is not None:
+        if base is not None and judge is not None:
             for a in answers[decoding]:
                 if a is not base:
-                    for key, value in head_to_head(a.labeler_scores, base.labeler_scores).items():
+                    for key, value in head_to_head(a.judge_scores, base.judge_scores).items():
                         summary[decoding][a.name][f"{key}_vs_{base.name}"] = value
-        if labeler is not None:
-            summary.setdefault("reward_model_vs_labeler", {})[decoding] = reward_model_agreement(answers[decoding])
+        if judge is not None:
+            summary.setdefault("reward_model_vs_judge", {})[decoding] = reward_model_agreement(answers[decoding])
     return summary, answers

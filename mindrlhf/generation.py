@@ -11,6 +11,11 @@ file:line). Each output line, in input order::
 - ``sum_logprob``: Σ_t log softmax(logits_t / T)[y_t] over those tokens, T = the temperature (1 for
   greedy); top-k/top-p filtering is not applied to it (as in :class:`mindrlhf.nn.generate.TokenChooser`).
 
+With ``num_samples`` K > 1 each prompt gets K lines in a row, numbered by ``"sample": 0 .. K−1``. The K
+copies of a prompt are rows of the same generation call, and every row of a call draws its own random
+numbers (one per row and step, :mod:`mindrlhf.nn.sampling`): the K answers are independent samples of the
+policy (identical under greedy decoding).
+
 A prompt too long for the model's positions after ``max_new_tokens`` is skipped (named on stdout), so the
 others still get their answers; a model with non-finite weights is refused.
 Prompts go through the tokenizer's chat template, exactly as SFT trained and evaluation feeds them
@@ -54,7 +59,8 @@ class GenerateConfig:
     top_k: int = field(0, "sample from the k most likely tokens; 0 = off")
     top_p: float = field(1.0, "nucleus mass; 1 = off")
     seed: int = field(0, "same seed and batch size → same samples")
-    batch_size: int = field(16, "prompts per generation call")
+    num_samples: int = field(1, "answers per prompt (K lines in a row, each an independent sample)")
+    batch_size: int = field(16, "prompts per generation call (each brings num_samples rows)")
     chat_template: bool = field(True, "feed each prompt through the tokenizer's chat template (off: the text as it "
                                       "is, for base models)")
     device: str = field("CPU", "device target: CPU, GPU or Ascend")
@@ -69,6 +75,7 @@ class GenerateConfig:
         require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
 
 
@@ -158,10 +165,11 @@ def _record(prompt: EncodedPrompt, ids: np.ndarray, mask: np.ndarray, logprobs: 
 
 def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", max_new_tokens: int = 64,
                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
-                  chat_template: bool = True, progress: bool = True,
+                  chat_template: bool = True, progress: bool = True, num_samples: int = 1,
                   runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
-    """Answer every prompt of ``prompts_file`` with ``model`` (see :func:`load_generation_model`) and write
-    the records to ``out`` atomically. Returns a summary: prompts, tokens, finished, seconds, out."""
+    """Answer every prompt of ``prompts_file`` ``num_samples`` times with ``model`` (see
+    :func:`load_generation_model`) and write the records to ``out`` atomically. Returns a summary: prompts,
+    answers, tokens, finished, seconds, out."""
     if temperature < 0:
         raise ValueError(f"generate: temperature={temperature}; expected 0 (greedy) or a positive temperature")
     if os.path.isdir(out):
@@ -184,12 +192,16 @@ def generate_file(model: str, prompts_file: str, out: str, tokenizer: str = "", 
               f"first: {prompts.skip_reasons[0].split(': prompt is')[0]}")
     began = time.perf_counter()
     answers = []
-    batches = generate_batches(Generator(lm), [p.input_ids for p in prompts], config, batch_size, fill_last=True,
-                               progress=progress)
+    k = num_samples
+    batches = generate_batches(Generator(lm), [p.input_ids for p in prompts], config, batch_size,
+                               samples_per_prompt=k, fill_last=True, progress=progress)
     for b, gen in enumerate(batches):
         for i, prompt in enumerate(prompts[b * batch_size : (b + 1) * batch_size]):
-            answers.append(_record(prompt, gen.response_ids[i], gen.response_mask[i], gen.logprobs[i], tok))
+            for j in range(k):  # prompt i's samples are rows i·K .. i·K+K−1
+                row = i * k + j
+                record = _record(prompt, gen.response_ids[row], gen.response_mask[row], gen.logprobs[row], tok)
+                answers.append({**record, "sample": j} if k > 1 else record)
     seconds = time.perf_counter() - began
     write_jsonl(out, answers)
-    return {"prompts": len(answers), "tokens": sum(r["num_tokens"] for r in answers),
+    return {"prompts": len(prompts), "answers": len(answers), "tokens": sum(r["num_tokens"] for r in answers),
             "finished": sum(r["finished"] for r in answers), "seconds": seconds, "out": out}

@@ -1,17 +1,26 @@
-"""The whole InstructGPT recipe on the built-in task, in one run folder:
+"""The whole InstructGPT recipe on a task, in one run folder:
 
-    data ─► tokenizer ─► SFT ─► rankings (K samples from SFT, ranked by the hidden labeler)
-         ─► reward model ─► PPO ─► evaluation report (SFT vs PPO on held-out prompts)
+    task data ─► tokenizer ─► SFT ─► rankings (K samples from SFT, ranked by the task's labeler, or
+              rankings files people made) ─► reward model ─► PPO ─► report (SFT vs PPO on held-out prompts)
+
+A task (:mod:`mindrlhf.tasks`, the ``task`` section) is data files plus a labeler and a judge, each an
+optional ``module:function``; ``task.name: builtin`` is the movie world, written into ``out_dir/data``.
+The report's judge-based rows (win rates with bootstrap intervals, the judge's score gain, the reward
+model against the judge) appear when the task has a judge; the reward model's score, the KL to the
+reference, the answer length and the answers side by side always.
 
 With ``iterate.rounds`` > 1 the comparison data is collected again from the newest policy, as in the
-iterated online RLHF of Bai et al. (2022): each further round ranks K samples of the last PPO policy,
-trains a new reward model on all rankings so far, and continues PPO from that policy, still tied to SFT
-by the KL penalty. Round r >= 2 writes ``round{r}/rankings.jsonl``, ``round{r}/rm`` and ``round{r}/ppo``.
+iterated online RLHF of Bai et al. (2022): each further round ranks K samples of the last PPO policy with
+the labeler, trains a new reward model on all rankings so far, and continues PPO from that policy, still
+tied to SFT by the KL penalty. Round r >= 2 writes ``round{r}/rankings.jsonl``, ``round{r}/rm`` and
+``round{r}/ppo``.
 
 Each stage writes its product under ``out_dir`` and is skipped when that product is already there, so
 a killed pipeline is resumed by running the same command again (a stage killed mid-way resumes from
-its own newest checkpoint). Stage sections are the stages' own configs; paths in them may use
-``{out_dir}``, filled in at run time.
+its own newest checkpoint). Stage sections are the stages' own configs; ``recipes`` names stage recipe
+files (``configs/sft_builtin.yaml``, ...) whose values a section starts from, so the pipeline file says
+only what differs. Paths may use ``{out_dir}`` and ``{task.demonstrations}``, ``{task.prompts}``,
+``{task.heldout_prompts}``, filled in at run time.
 
 ``sft.model`` a preset trains a sentencepiece tokenizer on the task's corpus (the model starts random);
 a pretrained model (folder or GGUF) keeps its own tokenizer, and ``compare_base`` adds the untouched
@@ -30,10 +39,7 @@ import time
 from typing import Optional
 
 from . import runtime
-from .config import field, require, save_config
-from .data.builtin.labeler import Labeler
-from .data.builtin.task import write_builtin_task
-from .data.builtin.world import load_world
+from .config import field, load_config, read_yaml, require, save_config
 from .data.encoding import encode_prompts
 from .data.formats import load_prompts
 from .data.tokenizer import Tokenizer, train_tokenizer
@@ -44,6 +50,8 @@ from .nn.gguf import gguf_to_hf_folder
 from .report import write_report
 from .roles import is_pretrained
 from .runtime import RuntimeConfig
+from .tasks import TASKS, BuiltinConfig, TaskConfig, data_written, load_judge, load_labeler, resolve_task
+from .tasks import write_corpus, write_data
 from .trainers.artifacts import load_reward_model
 from .trainers.ppo import train_ppo
 from .trainers.ppo_config import PPOConfig, PPODataConfig
@@ -51,23 +59,12 @@ from .trainers.rankings import RankingsConfig, sample_rankings
 from .trainers.reward import RMConfig, RMDataConfig, train_rm
 from .trainers.sft import SFTConfig, SFTDataConfig, train_sft
 
-
-@dataclasses.dataclass
-class BuiltinConfig:
-    seed: int = field(0, "world seed: another seed gives another catalogue, prompts and labeler")
-    n_train: int = field(2000, "demonstrations")
-    n_prompts: int = field(1000, "prompts for rankings and PPO rollouts")
-    n_heldout: int = field(200, "held-out prompts for the final evaluation")
-    vocab_size: int = field(1000, "sentencepiece vocabulary size")
-    shelf: int = field(0, "films listed with their facts in every prompt, one of them the right answer "
-                          "(0 = none: the model must learn the catalogue; at least 3 otherwise)")
-
-    def validate(self):
-        for key in ("n_train", "n_prompts", "n_heldout", "vocab_size"):
-            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        require(self.shelf == 0 or self.shelf >= 3, "shelf",
-                f"{self.shelf}: use 0 (no shelf) or at least 3 (the right film, the seen one, a wrong one)")
+STAGE_CONFIGS = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}
+# Keys of a stage recipe the pipeline sets itself (its folders, the task's files): a recipe's are left out.
+WIRED = {"sft": ("out_dir", "tokenizer", "data.train", "data.eval", "data.chat_template", "runtime"),
+         "rm": ("model", "tokenizer", "out_dir", "data.train", "data.eval", "data.chat_template", "runtime"),
+         "ppo": ("policy", "reference", "reward_model", "tokenizer", "out_dir", "data.prompts", "data.chat_template",
+                 "judge", "judge_kwargs", "runtime")}
 
 
 @dataclasses.dataclass
@@ -84,20 +81,32 @@ class IterateConfig:
 
 
 @dataclasses.dataclass
+class RecipesConfig:
+    """Stage recipes the stage sections start from, read when the config is loaded (then cleared: the
+    sections hold their values, so a run folder's config.yaml needs no recipe files)."""
+
+    sft: str = field("", "a `mindrlhf sft` recipe (YAML) whose values the sft section starts from; relative to "
+                         "the pipeline config's folder. Its folders and data files are the pipeline's own")
+    rm: str = field("", "a `mindrlhf rm` recipe the rm section starts from (as sft)")
+    ppo: str = field("", "a `mindrlhf ppo` recipe the ppo section starts from (as sft)")
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     out_dir: str = field("runs/pipeline", "run folder holding every stage's output and the report")
-    builtin: BuiltinConfig = field(BuiltinConfig(), "the built-in task")
+    task: TaskConfig = field(TaskConfig(), "the task: data files, labeler and judge (see mindrlhf/tasks.py)")
+    builtin: BuiltinConfig = field(BuiltinConfig(), "the built-in task's data (task.name: builtin)")
+    recipes: RecipesConfig = field(RecipesConfig(), "stage recipe files the stage sections start from")
     sft: SFTConfig = field(SFTConfig(
         out_dir="{out_dir}/sft",
-        data=SFTDataConfig(train="{out_dir}/data/demonstrations.jsonl", max_length=96)), "stage 1")
+        data=SFTDataConfig(train="{task.demonstrations}", max_length=96)), "stage 1")
     rankings: RankingsConfig = field(RankingsConfig(), "comparison data for stage 2")
     rm: RMConfig = field(RMConfig(
         model="{out_dir}/sft/model", out_dir="{out_dir}/rm",
         data=RMDataConfig(train="{out_dir}/data/rankings.jsonl", max_length=96)), "stage 2")
     ppo: PPOConfig = field(PPOConfig(
         policy="{out_dir}/sft/model", reward_model="{out_dir}/rm/model", out_dir="{out_dir}/ppo",
-        data=PPODataConfig(prompts="{out_dir}/data/prompts.jsonl", labeler_world="{out_dir}/data/world.json")),
-        "stage 3")
+        data=PPODataConfig(prompts="{task.prompts}")), "stage 3")
     iterate: IterateConfig = field(IterateConfig(), "further rounds of rankings → reward model → PPO")
     eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and PPO")
     compare_base: bool = field(False, "also evaluate the untouched sft.model as policy 'base' (pretrained models only)")
@@ -109,16 +118,66 @@ class PipelineConfig:
         require(not self.compare_base or is_pretrained(self.sft.model), "compare_base",
                 f"sft.model={self.sft.model!r} is a randomly initialised preset; only a pretrained model "
                 "(HuggingFace folder or GGUF) is worth comparing")
+        require(self.iterate.rounds == 1 or bool(self.task.labeler) or self.task.name in TASKS, "iterate.rounds",
+                f"{self.iterate.rounds} rounds: the rounds after the first rank the policy's samples, so set "
+                "task.labeler")
+        for key, data in (("sft.data", self.sft.data), ("rm.data", self.rm.data), ("ppo.data", self.ppo.data)):
+            require(data.chat_template or not self.task.chat_template, f"{key}.chat_template",
+                    "the task decides for every stage: set task.chat_template: false")
+
+    @staticmethod
+    def resolve_includes(data: dict, origin: str) -> dict:
+        """Put each stage recipe named under ``recipes`` beneath its section of the raw config ``data`` (the
+        pipeline's own keys win), less the keys the pipeline wires itself (:data:`WIRED`); a recipe is first
+        checked as a config of its stage, so its errors name its own file and line."""
+        recipes = data.get("recipes")
+        if not isinstance(recipes, dict):
+            return data
+        folder = os.path.dirname(os.path.abspath(origin)) if origin else os.getcwd()
+        for stage, path in recipes.items():
+            if stage not in STAGE_CONFIGS or not isinstance(path, str) or not path:
+                continue  # the config's own checks name a wrong key or type
+            path = os.path.join(folder, path)
+            load_config(STAGE_CONFIGS[stage], path)
+            recipe, _ = read_yaml(path)
+            for key in WIRED[stage]:
+                *parents, leaf = key.split(".")
+                node = recipe
+                for part in parents:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node.pop(leaf, None)
+            section = data.get(stage)
+            data[stage] = _beneath(recipe, section if isinstance(section, dict) else {})
+        data["recipes"] = {}
+        return data
 
 
-def _fill(obj, out_dir: str):
-    """Replace ``{out_dir}`` in every string field of a dataclass tree."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, str) and "{out_dir}" in value:
-            setattr(obj, f.name, value.replace("{out_dir}", out_dir))
-        elif dataclasses.is_dataclass(value):
-            _fill(value, out_dir)
+def _beneath(base: dict, top: dict) -> dict:
+    """``top`` (kept as the same mapping, so its line numbers stay known) with the keys of ``base`` it lacks."""
+    for key, value in base.items():
+        if key not in top:
+            top[key] = value
+        elif isinstance(value, dict) and isinstance(top[key], dict):
+            _beneath(value, top[key])
+    return top
+
+
+def _filled(value, values: dict):
+    """``value`` with every ``{name}`` of ``values`` replaced in its strings (lists, mappings and dataclasses
+    included; a dataclass is changed in place)."""
+    if isinstance(value, str):
+        for name, text in values.items():
+            value = value.replace("{" + name + "}", text)
+        return value
+    if isinstance(value, list):
+        return [_filled(v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: _filled(v, values) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            setattr(value, f.name, _filled(getattr(value, f.name), values))
+    return value
 
 
 def _base_folder(spec: str, directory: str) -> str:
@@ -169,13 +228,21 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
     if overwrite and not resume:
         _remove_products(out)
     cfg.out_dir = out
-    _fill(cfg, out)
-    for stage in (cfg.sft, cfg.rm, cfg.ppo):
-        stage.runtime = cfg.runtime
+    _filled(cfg, {"out_dir": out})
     data_dir = os.path.join(out, "data")
+    task = resolve_task(cfg.task, data_dir)
+    load_labeler(task)  # a wrong function name stops the run here, before any training
+    judge = load_judge(task)
+    _filled(cfg, {f"task.{key}": getattr(task, key) for key in ("demonstrations", "prompts", "heldout_prompts")})
+    for stage in (cfg.sft, cfg.rm, cfg.ppo):
+        stage.runtime, stage.data.chat_template = cfg.runtime, task.chat_template
+    if not cfg.ppo.judge:  # PPO logs the judge's score of its rollouts (never trained on)
+        cfg.ppo.judge, cfg.ppo.judge_kwargs = task.judge, dict(task.judge_kwargs)
     own_tokenizer = is_pretrained(cfg.sft.model)
+    tokenizer_dir = os.path.join(data_dir, "tokenizer")
     if not cfg.sft.tokenizer and not own_tokenizer:
-        cfg.sft.tokenizer = os.path.join(data_dir, "tokenizer")
+        cfg.sft.tokenizer = tokenizer_dir
+    train_tokenizer_here = cfg.sft.tokenizer == tokenizer_dir
     os.makedirs(out, exist_ok=True)
     save_config(cfg, os.path.join(out, "config.yaml"))
     times: dict = {}
@@ -188,15 +255,15 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
         print(f"[pipeline] {name}: {times[name]:.0f} s", flush=True)
         return result
 
-    # world.json is written last by write_builtin_task, tokenizer.model last of all when there is one.
-    if not os.path.isfile(os.path.join(data_dir, "world.json" if own_tokenizer else "tokenizer/tokenizer.model")):
-        b = cfg.builtin
+    tokenizer_done = not train_tokenizer_here or os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.model"))
+    if not (data_written(cfg.task, data_dir) and tokenizer_done):
 
         def make_data():
-            write_builtin_task(data_dir, seed=b.seed, n_train=b.n_train, n_prompts=b.n_prompts, n_heldout=b.n_heldout,
-                               shelf=b.shelf)
-            if not own_tokenizer:
-                train_tokenizer(os.path.join(data_dir, "corpus.txt"), b.vocab_size, os.path.join(data_dir, "tokenizer"))
+            if not data_written(cfg.task, data_dir):
+                write_data(cfg.task, getattr(cfg, cfg.task.name, None), data_dir)
+            if train_tokenizer_here:
+                train_tokenizer(write_corpus(task, os.path.join(data_dir, "corpus.txt")), task.vocab_size,
+                                tokenizer_dir)
 
         timed("data", make_data)
     if not _done(os.path.join(cfg.sft.out_dir, "model")):
@@ -206,8 +273,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
 
     def rank(policy_dir: str, out_file: str, seed: int):
 
-        return _call(iso, sample_rankings, policy_dir, os.path.join(data_dir, "prompts.jsonl"), out_file, seed=seed,
-                     runtime_cfg=cfg.runtime, **cfg.rankings.sampling())
+        return _call(iso, sample_rankings, policy_dir, task.prompts, out_file, task.labeler, dict(task.labeler_kwargs),
+                     seed=seed, chat_template=task.chat_template, runtime_cfg=cfg.runtime, **cfg.rankings.sampling())
 
     def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:
 
@@ -217,7 +284,10 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
             timed(f"ppo{name}", lambda: _call(iso, train_ppo, ppo_cfg, resume=_resume_from(ppo_cfg.out_dir), overwrite=True))
 
     if not os.path.isfile(cfg.rm.data.train):
-        timed("rankings", lambda: rank(sft_model, cfg.rm.data.train, cfg.runtime.seed))
+        if task.rankings:  # comparisons people made stand in for the labeler's
+            _concatenate(task.rankings, cfg.rm.data.train)
+        else:
+            timed("rankings", lambda: rank(sft_model, cfg.rm.data.train, cfg.runtime.seed))
     train("", cfg.rm, cfg.ppo)
     rounds, rankings_files = [(cfg.rm, cfg.ppo)], [cfg.rm.data.train]
     for r in range(2, cfg.iterate.rounds + 1):
@@ -235,16 +305,14 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
 
         runtime.setup(cfg.runtime)
         tok = Tokenizer.load(sft_model)
-        prompts = encode_prompts(load_prompts(os.path.join(data_dir, "heldout_prompts.jsonl")), tok,
-                                 cfg.ppo.data.max_prompt_length, skip_invalid=True)
+        prompts = encode_prompts(load_prompts(task.heldout_prompts), tok, cfg.ppo.data.max_prompt_length,
+                                 skip_invalid=True, chat_template=task.chat_template)
         policies = {"sft": sft_model, **{f"ppo_round{i}": os.path.join(p.out_dir, "model")
                                          for i, (_, p) in enumerate(rounds[:-1], 1)},
                     "ppo": os.path.join(rounds[-1][1].out_dir, "model")}
         if cfg.compare_base:
             policies = {"base": _base_folder(cfg.sft.model, os.path.join(out, "base")), **policies}
-        return compare(policies, sft_model,
-                       load_reward_model(rm_dir), prompts, cfg.eval,
-                       Labeler(load_world(os.path.join(data_dir, "world.json"))), baseline="sft")
+        return compare(policies, sft_model, load_reward_model(rm_dir), prompts, cfg.eval, judge, baseline="sft")
 
     summary, answers = timed("eval", evaluate)
 

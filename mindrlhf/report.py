@@ -10,7 +10,7 @@ import numpy as np
 from .io import atomic_write_text
 from .trainers.metrics import plot_metrics, read_metrics
 
-PPO_CURVES = ["score", "labeler_score", "kl", "kl_coef", "reward", "entropy", "clipfrac", "approx_kl",
+PPO_CURVES = ["score", "judge_score", "kl", "kl_coef", "reward", "entropy", "clipfrac", "approx_kl",
               "pg_loss", "vf_loss", "explained_var", "response_len"]
 
 
@@ -20,18 +20,18 @@ def _bar_plot(summary: dict, answers: list, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("labeler_score", "rm_score", "kl_to_ref") if all(k in summary[a.name] for a in answers)]
+    keys = [k for k in ("judge_score", "rm_score", "kl_to_ref") if all(k in summary[a.name] for a in answers)]
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.4 * (len(keys) + 1), 3.0))
     for ax, key in zip(axes, keys):
         ax.bar([a.name for a in answers], [summary[a.name][key] for a in answers], color=["#888", "#2a7"][: len(answers)])
         ax.set_title(key, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    if answers[0].labeler_scores is not None:
+    if answers[0].judge_scores is not None:
         ax = axes[-1]
-        bins = np.linspace(min(a.labeler_scores.min() for a in answers), max(a.labeler_scores.max() for a in answers), 16)
+        bins = np.linspace(min(a.judge_scores.min() for a in answers), max(a.judge_scores.max() for a in answers), 16)
         for a in answers:
-            ax.hist(a.labeler_scores, bins=bins, alpha=0.5, label=a.name)
-        ax.set_title("labeler score per prompt", fontsize=9)
+            ax.hist(a.judge_scores, bins=bins, alpha=0.5, label=a.name)
+        ax.set_title("judge score per prompt", fontsize=9)
         ax.legend(fontsize=8)
     else:
         axes[-1].axis("off")
@@ -52,7 +52,7 @@ def _stage_section(out_dir: str, stage: str) -> List[str]:
         span = max(1, len(rows) // 4)
         trends = [f"{label} {_mean(rows[:span], key):.3f} → {_mean(rows[-span:], key):.3f}"
                   for key, label in (("score", "reward-model score of rollouts"), ("kl", "KL to reference"),
-                                     ("labeler_score", "labeler score of rollouts"))
+                                     ("judge_score", "judge score of rollouts"))
                   if all(key in r for r in rows)]
         window = "iteration" if span == 1 else f"{span} iterations"
         return [f"## {title}", "",
@@ -75,10 +75,10 @@ def _head_to_head_lines(rows: dict) -> List[str]:
         for key in [k for k in row if k.startswith("wins_losses_ties_vs_")]:
             base = key[len("wins_losses_ties_vs_"):]
             (wins, losses, ties), (lo, hi) = row[key], row[f"win_rate_interval_vs_{base}"]
-            gain, (glo, ghi) = row[f"labeler_gain_vs_{base}"], row[f"labeler_gain_interval_vs_{base}"]
+            gain, (glo, ghi) = row[f"judge_gain_vs_{base}"], row[f"judge_gain_interval_vs_{base}"]
             lines.append(f"{name} against {base}: {wins} wins, {losses} losses, {ties} ties; win rate "
                          f"{row[f'win_rate_vs_{base}']:.3f} (95% bootstrap interval {lo:.3f} to {hi:.3f}); "
-                         f"labeler score {gain:+.3f} per prompt ({glo:+.3f} to {ghi:+.3f}).")
+                         f"judge score {gain:+.3f} per prompt ({glo:+.3f} to {ghi:+.3f}).")
     return lines + [""] if lines else []
 
 
@@ -94,10 +94,15 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
     ``stages`` are the training folders (relative to ``out_dir``) whose curves are shown, in order: a
     PPO folder's metrics are plotted afresh, any other folder's ``metrics.png`` is linked.
     """
+    judged = any(a.judge_scores is not None for group in answers.values() for a in group)
     lines = ["# mindrlhf pipeline report", ""]
-    lines += ["Held-out prompts answered by each policy; the hidden labeler (never seen in training) judges.",
-              "Win rate: fraction of prompts where the policy's labeler score beats the baseline's, ties ½.",
-              "KL to reference = Σ_t log π(y_t) − log π_ref(y_t) over the answer, in nats.", ""]
+    if judged:
+        lines += ["Held-out prompts answered by each policy; the task's judge (never seen in training) scores them.",
+                  "Win rate: fraction of prompts where the policy's judge score beats the baseline's, ties ½."]
+    else:
+        lines += ["Held-out prompts answered by each policy. The task has no judge: the reward model's score (what "
+                  "PPO optimised), the KL and the answers are all there is to compare."]
+    lines += ["KL to reference = Σ_t log π(y_t) − log π_ref(y_t) over the answer, in nats.", ""]
     for decoding, group in answers.items():
         names = [a.name for a in group]
         png = f"report_scores_{decoding}.png"
@@ -108,11 +113,11 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
             lines.append(f"| {n} | " + " | ".join(_fmt(summary[decoding][n].get(c)) for c in cols) + " |")
         lines.append("")
         lines += _head_to_head_lines(summary[decoding])
-        agreement = summary.get("reward_model_vs_labeler", {}).get(decoding)
+        agreement = summary.get("reward_model_vs_judge", {}).get(decoding)
         if agreement:
-            lines += [f"Reward model against the labeler on these answers: it orders {agreement['pair_accuracy']:.1%} of "
-                      f"the {agreement['pairs']} pairs (same prompt, two policies, different labeler scores) as the "
-                      f"labeler does; Pearson r = {agreement['correlation']:.3f} over all answers.", ""]
+            lines += [f"Reward model against the judge on these answers: it orders {agreement['pair_accuracy']:.1%} of "
+                      f"the {agreement['pairs']} pairs (same prompt, two policies, different judge scores) as the "
+                      f"judge does; Pearson r = {agreement['correlation']:.3f} over all answers.", ""]
         lines += [f"![scores]({png})", ""]
     for stage in stages:
         lines += _stage_section(out_dir, stage)
@@ -127,7 +132,7 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
         for i in range(min(n_samples, len(group[0].texts))):
             cells = []
             for a in group:
-                score = f" ({a.labeler_scores[i]:+.1f})" if a.labeler_scores is not None else ""
+                score = f" ({a.judge_scores[i]:+.1f})" if a.judge_scores is not None else ""
                 cells.append(_cell(a.texts[i]) + score)
             lines.append(f"| {_cell(group[0].prompts[i])} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -145,8 +150,8 @@ def _write_answers(path: str, answers: dict) -> None:
             for a in group:
                 record = {"decoding": decoding, "policy": a.name, "prompt": a.prompts[i], "response": a.texts[i],
                           "rm_score": float(a.rm_scores[i]), "kl_to_ref": float(a.kl_to_ref[i])}
-                if a.labeler_scores is not None:
-                    record["labeler_score"] = float(a.labeler_scores[i])
+                if a.judge_scores is not None:
+                    record["judge_score"] = float(a.judge_scores[i])
                 records.append(json.dumps(record, ensure_ascii=False))
     atomic_write_text(path, "\n".join(records) + "\n")
 

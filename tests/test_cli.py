@@ -13,6 +13,7 @@ from mindrlhf import cli
 from mindrlhf.config import describe, field, load_config, save_config
 from mindrlhf.generation import GenerateConfig
 from mindrlhf.trainers.loop import CadenceConfig, Stage, run_loop
+from mindrlhf.scoring import ScoreConfig
 from mindrlhf.trainers.rankings import RankingsCommandConfig
 from mindrlhf.trainers.sft import SFTConfig
 
@@ -72,7 +73,8 @@ def test_unknown_options_are_still_refused(capsys):
     assert err.value.code == 2 and "unrecognized arguments: --bogus x" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, cls", [(["generate"], GenerateConfig), (["data", "rankings"], RankingsCommandConfig)])
+@pytest.mark.parametrize("argv, cls", [(["generate"], GenerateConfig), (["data", "rankings"], RankingsCommandConfig),
+                                       (["score"], ScoreConfig)])
 def test_tool_help_config_lists_the_dataclass(argv, cls, capsys):
     assert cli.main([*argv, "--help-config"]) == 0
     assert capsys.readouterr().out.splitlines() == describe(cls)
@@ -88,9 +90,11 @@ def test_tool_flags_config_file_and_overrides_build_one_config(tmp_path):
         ("m: odd name", "p.jsonl", False, 5, 12, 3)
     assert cfg.progress is True and cfg.temperature == GenerateConfig().temperature
     args = cli.build_parser().parse_args(["data", "rankings", "--policy", "p", "--prompts", "q", "--out", "o",
-                                          "--k", "6", "--noise", "0"])
+                                          "--k", "6", "--noise", "0", "--labeler", "my_task.py:rank",
+                                          "--labeler-kwargs", "{world: w.json, n: 3}"])
     cfg = cli._tool_config(args)
     assert (cfg.k, cfg.noise, cfg.batch_prompts) == (6, 0.0, 16)
+    assert (cfg.labeler, cfg.labeler_kwargs) == ("my_task.py:rank", {"world": "w.json", "n": 3})
 
 
 # ------------------------------------------------------------------------------- errors from files and runs

@@ -14,6 +14,7 @@ from mindrlhf.generation import GenerateConfig
 from mindrlhf.nn.config import ModelConfig
 from mindrlhf.nn.generate import GenerationConfig
 from mindrlhf.pipeline import PipelineConfig
+from mindrlhf.scoring import ScoreConfig
 from mindrlhf.trainers.ppo_config import PPOConfig
 from mindrlhf.trainers.rankings import RankingsCommandConfig, RankingsConfig
 from mindrlhf.trainers.reward import RMConfig
@@ -123,12 +124,13 @@ def test_partial_section_keeps_the_enclosing_default(tmp_path):
 
 # ------------------------------------------------------------------------------- the stages' own configs
 
-COMMAND_CONFIGS = [SFTConfig, RMConfig, PPOConfig, PipelineConfig, RankingsCommandConfig, GenerateConfig]
+COMMAND_CONFIGS = [SFTConfig, RMConfig, PPOConfig, PipelineConfig, RankingsCommandConfig, GenerateConfig, ScoreConfig]
 # What each stage needs before it validates (files are only read when the stage runs).
 REQUIRED = {SFTConfig: ["data.train=d.jsonl"], RMConfig: ["data.train=r.jsonl"],
             PPOConfig: ["policy=p", "reward_model=r", "data.prompts=q.jsonl"], PipelineConfig: [],
-            RankingsCommandConfig: ["policy=p", "prompts=q.jsonl", "out=o.jsonl"],
-            GenerateConfig: ["model=m", "prompts=q.jsonl", "out=o.jsonl"]}
+            RankingsCommandConfig: ["policy=p", "prompts=q.jsonl", "out=o.jsonl", "labeler=m:f"],
+            GenerateConfig: ["model=m", "prompts=q.jsonl", "out=o.jsonl"],
+            ScoreConfig: ["data=a.jsonl", "out=o.jsonl", "policy=p"]}
 
 
 @pytest.mark.parametrize("cls", COMMAND_CONFIGS, ids=lambda c: c.__name__)
@@ -147,7 +149,7 @@ def test_help_config_shows_customised_sections():
     assert "optim.lr (float, default 0.003)" in sft and "lora.enabled (bool, default False)" in sft
     assert "actor_optim.lr (float, default 0.0002)" in ppo and "critic_optim.lr (float, default 0.0005)" in ppo
     assert "actor_lora.enabled (bool, default False)" in ppo
-    assert "ppo.data.prompts (str, default '{out_dir}/data/prompts.jsonl')" in "\n".join(describe(PipelineConfig))
+    assert "ppo.data.prompts (str, default '{task.prompts}')" in "\n".join(describe(PipelineConfig))
 
 
 def test_rankings_defaults_live_in_one_dataclass():
@@ -202,6 +204,8 @@ def test_rankings_defaults_live_in_one_dataclass():
     (RankingsCommandConfig, "device=TPU", "^device: 'TPU'"),
     (GenerateConfig, "temperature=-1", "^temperature: must be >= 0"),
     (GenerateConfig, "batch_size=0", "^batch_size: must be >= 1"),
+    (GenerateConfig, "num_samples=0", "^num_samples: must be >= 1"),
+    (ScoreConfig, "policy=", "^reward_model: give at least one of --reward-model, --policy, --reference"),
 ], ids=lambda v: v if isinstance(v, str) and "=" in v else "")
 def test_range_checks_name_the_full_dotted_key(cls, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -17,12 +17,12 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # package ("" is the package's own __init__); the longest matching key gives a module's layer.
 LAYERS = {
     "": 0, "io": 0, "algos": 0,
-    "config": 1, "runtime": 1,
-    "data": 2,
+    "config": 1, "runtime": 1, "plugins": 1,
+    "data": 2, "tasks": 2, "rewards": 2,
     "nn": 3,
     "roles": 4, "generation": 4,
     "trainers": 5,
-    "evaluation": 6, "report": 6,
+    "evaluation": 6, "report": 6, "scoring": 6,
     "pipeline": 7, "cli": 7, "launch": 7, "msrun_entry": 7,
 }
 # Packages at the floor import nothing else of mindrlhf: io is plain file formats, algos plain math.

@@ -30,13 +30,13 @@ def test_head_to_head_record_gain_and_intervals():
     sft = np.array([3.5, 1.0, 2.5, 1.0, 2.0])  # tie, win (+2.5), loss (-0.5), tie, win (+1)
     out = head_to_head(ppo, sft)
     assert out["wins_losses_ties"] == [2, 1, 2]
-    assert math.isclose(out["labeler_gain"], (2.5 - 0.5 + 1.0) / 5)
+    assert math.isclose(out["judge_gain"], (2.5 - 0.5 + 1.0) / 5)
     assert out["win_rate"] == win_rate(ppo, sft) and out["ties"] == 2 / 5
     # a bootstrap mean of per-prompt values lies between their min and max, around the point estimate
     lo, hi = out["win_rate_interval"]
     assert 0.0 <= lo < out["win_rate"] < hi <= 1.0
-    lo, hi = out["labeler_gain_interval"]
-    assert -0.5 <= lo < out["labeler_gain"] < hi <= 2.5
+    lo, hi = out["judge_gain_interval"]
+    assert -0.5 <= lo < out["judge_gain"] < hi <= 2.5
     line, blank = _head_to_head_lines({"sft": {}, "ppo": {f"{k}_vs_sft": v for k, v in out.items()}})
     assert line.startswith("ppo against sft: 2 wins, 1 losses, 2 ties; win rate 0.600") and blank == ""
 

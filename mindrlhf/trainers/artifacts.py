@@ -81,6 +81,7 @@ def read_stats(directory: str) -> dict:
     """The ``rm_stats.json`` next to a reward model (accuracy, mean_margin, reward_mean, reward_std, ...)."""
     path = os.path.join(directory, STATS_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found; make it with `mindrlhf eval rm --model {directory} --data F`")
+        raise FileNotFoundError(f"{path} not found; make it with "
+                                f"`mindrlhf eval rm --model {directory} --data F --write-stats`")
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

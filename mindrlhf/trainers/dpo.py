@@ -265,7 +265,7 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
 
     def encode_file(path):
         encoded = encode_rankings(load_rankings(path, data.skip_invalid), tokenizer, data.max_length,
-                                  data.skip_invalid)
+                                  data.skip_invalid, data.chat_template)
         if encoded.skipped:
             print(f"[dpo] {path}: skipped {encoded.skipped} invalid rankings; first: {encoded.skip_reasons[:1]}")
         return encoded

@@ -35,11 +35,10 @@ from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
 from ..data.batching import bucket_length
-from ..data.builtin.labeler import Labeler
-from ..data.builtin.world import load_world
 from ..generation import generation_config
 from ..nn.generate import Generator
 from ..nn.lora import TrainableParams
+from ..plugins import call_scores, load_function, prompt_columns
 from ..roles import Critic, Policy, frozen, ppo_roles
 from .artifacts import export_model, load_reward_model, read_stats
 from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
@@ -93,8 +92,8 @@ class PPOTrainer(Stage):
         known function of the tokens). It has no rm_stats.json to normalise with, nor a trunk for the critic.
 
         ``reward_fn(prompt texts, response texts) → scores``: a score computed from the text, replacing the
-        reward model's (which still gives the critic its start); not normalised with rm_stats.json.
-        ``algo.gold_reward`` makes it the built-in task's hidden labeler."""
+        reward model's (which still gives the critic its start); not normalised with rm_stats.json. The
+        config's ``reward.functions`` build one from named functions (which also get the prompts' columns)."""
         self.cfg = cfg
         self.rt = runtime.setup(cfg.runtime)
         self.tokenizer = Tokenizer.load(cfg.tokenizer or cfg.policy)
@@ -124,14 +123,14 @@ class PPOTrainer(Stage):
         self.total_steps = p.iterations
 
         prompts = load_prompts(cfg.data.prompts, cfg.data.skip_invalid)
-        self.prompts = encode_prompts(prompts, self.tokenizer, cfg.data.max_prompt_length, cfg.data.skip_invalid)
+        self.prompts = encode_prompts(prompts, self.tokenizer, cfg.data.max_prompt_length, cfg.data.skip_invalid,
+                                      cfg.data.chat_template)
         self.order = DataOrder(len(self.prompts), cfg.rollout.batch_size, cfg.runtime.seed)
-        self.labeler = None
-        if cfg.data.labeler_world:
-            self.labeler = Labeler(load_world(cfg.data.labeler_world))
-        if cfg.algo.gold_reward:
-            reward_fn = self._labeler_scores
-        self.reward_fn = reward_fn
+        self.judge = load_function(cfg.judge, "judge", cfg.judge_kwargs) if cfg.judge else None
+        if reward_fn is not None:
+            self.text_reward = lambda prompts, texts, columns: reward_fn(prompts, texts)  # noqa: E731
+        else:
+            self.text_reward = cfg.reward.scorer("reward")
 
     def _build_roles(self, cfg: PPOConfig, vocab: int, reward_model: Optional[nn.Cell]) -> None:
         if reward_model is None:
@@ -179,9 +178,10 @@ class PPOTrainer(Stage):
             ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.tokenizer.pad_id)
             mask, last_index = np.pad(mask, ((0, 0), (pad, 0))), last_index + pad
         *old_lp, ref_lp, values, raw = self._score(ids, mask, last_index)
-        if self.reward_fn is not None:
+        if self.text_reward is not None:
             texts = self._texts(gen.response_ids, response_mask)
-            raw = np.asarray(self.reward_fn([p.text for p in prompts], texts), np.float32).reshape(raw.shape)
+            scores = self.text_reward([p.text for p in prompts], texts, prompt_columns([p.meta for p in prompts]))
+            raw = np.asarray(scores, np.float32).reshape(raw.shape)
         old_lp = gen.logprobs if self.reuse_logprobs else old_lp[0]
         scores = self._shape_scores(raw, gen.response_ids)
         kl, rewards, adv, ret = (x.asnumpy() for x in self.advantage(
@@ -208,13 +208,12 @@ class PPOTrainer(Stage):
                  "response_len": float(lengths.mean()), "eos_rate": float(self._has_eos(response_ids).mean()),
                  "explained_var": explained_variance(exp.values, exp.returns, exp.response_mask),
                  **times, "gen_tok_per_s": float(lengths.sum() / max(times["time_generate"], 1e-9))}
-        if self.labeler is not None:
+        if self.judge is not None:
             texts = self._texts(response_ids, exp.response_mask)
-            stats["labeler_score"] = float(np.mean(self._labeler_scores([p.text for p in prompts], texts)))
+            stats["judge_score"] = float(np.mean(call_scores(
+                self.judge, self.cfg.judge, [p.text for p in prompts], texts, prompt_columns([p.meta for p in prompts]),
+                what="judge", dtype=np.float64)))
         return stats
-
-    def _labeler_scores(self, prompts: Sequence[str], texts: Sequence[str]) -> list:
-        return [self.labeler.score(p, t) for p, t in zip(prompts, texts)]
 
     def _texts(self, response_ids, response_mask) -> list:
         return [self.tokenizer.decode(r[m > 0]) for r, m in zip(response_ids, response_mask)]
@@ -224,7 +223,7 @@ class PPOTrainer(Stage):
 
     def _shape_scores(self, raw: np.ndarray, response_ids) -> np.ndarray:
         p, scores = self.cfg.algo, raw.astype(np.float32)
-        if p.normalize_reward and self.rm_stats and self.reward_fn is None:
+        if p.normalize_reward and self.rm_stats and self.text_reward is None:
             scores = (scores - self.rm_stats["reward_mean"]) / max(self.rm_stats["reward_std"], 1e-6)
         if p.score_clip > 0:
             scores = np.clip(scores, -p.score_clip, p.score_clip)

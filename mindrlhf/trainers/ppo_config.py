@@ -11,6 +11,7 @@ from typing import ClassVar
 from ..algos import KL_ESTIMATORS, LOSS_AGG_MODES
 from ..config import field, require
 from ..nn.lora import LoRAConfig
+from ..plugins import RewardFunctionsConfig
 from ..runtime import RuntimeConfig
 from .loop import CadenceConfig
 from .step import OptimConfig
@@ -21,7 +22,8 @@ class PPODataConfig:
     prompts: str = field("", "prompts JSONL for rollouts")
     max_prompt_length: int = field(48, "longest prompt in tokens; longer prompts are errors (or skipped)")
     skip_invalid: bool = field(False, "skip malformed or too-long prompts (counted) instead of stopping")
-    labeler_world: str = field("", "built-in task only: world.json whose hidden labeler scores rollouts (logged, never trained on)")
+    chat_template: bool = field(True, "prompts through the tokenizer's chat template; false = plain continuation "
+                                      "(as the policy and reward model were trained)")
 
     def validate(self):
         require(bool(self.prompts), "prompts", "set the prompts file, e.g. data.prompts=prompts.jsonl")
@@ -87,9 +89,6 @@ class PPOAlgoConfig:
     kl_target: float = field(3.0, "target KL(π‖π_ref) per sequence for the adaptive β")
     kl_horizon: int = field(10000, "horizon of the adaptive β controller, in samples")
     normalize_reward: bool = field(True, "normalise scores with the reward model's rm_stats.json mean and std")
-    gold_reward: bool = field(False, "built-in task: score rollouts with the hidden labeler (data.labeler_world) "
-                                     "instead of the reward model, i.e. a perfect reward model: what PPO makes of "
-                                     "the true reward, apart from the reward model's errors (Gao et al. 2023)")
     score_clip: float = field(5.0, "clip normalised scores to ±this; 0 = off")
     missing_eos_penalty: float = field(-1.0, "added to the score of a response that hits max_new_tokens without EOS")
 
@@ -121,8 +120,8 @@ class PPOConfig:
     # What the checkpoints' shapes and the data order were made with; a resumed run may not change them.
     fixed_on_resume: ClassVar[tuple] = (
         "critic_init", "actor_lora.enabled", "actor_lora.rank", "actor_lora.targets", "critic_lora.enabled",
-        "critic_lora.rank", "critic_lora.targets", "data.max_prompt_length", "rollout.batch_size",
-        "rollout.max_new_tokens", "algo.mini_batch_size")
+        "critic_lora.rank", "critic_lora.targets", "data.max_prompt_length", "data.chat_template",
+        "rollout.batch_size", "rollout.max_new_tokens", "algo.mini_batch_size")
 
     policy: str = field("", "SFT output folder: the actor starts here; the reference is a frozen copy of it")
     reference: str = field("", "reference model folder; empty = the policy. Set it when the actor continues from "
@@ -134,6 +133,14 @@ class PPOConfig:
     data: PPODataConfig = field(PPODataConfig(), "prompts")
     rollout: RolloutConfig = field(RolloutConfig(), "sampling")
     algo: PPOAlgoConfig = field(PPOAlgoConfig(), "the algorithm")
+    reward: RewardFunctionsConfig = field(
+        RewardFunctionsConfig(), "scoring functions of the response text whose weighted sum replaces the reward "
+                                 "model's score (not normalised with rm_stats.json); e.g. a task's judge as a perfect "
+                                 "reward model, what PPO makes of the true reward (Gao et al. 2023). Empty = the "
+                                 "reward model")
+    judge: str = field("", "module:function (or file.py:function) scoring rollouts for the log only (metric "
+                           "judge_score), never trained on: judge(prompts, responses, **columns) -> list of floats")
+    judge_kwargs: dict = field({}, "fixed keyword arguments of the judge")
     actor_optim: OptimConfig = field(OptimConfig(lr=2e-4, warmup_steps=5, schedule="constant"), "actor AdamW")
     critic_optim: OptimConfig = field(OptimConfig(lr=5e-4, warmup_steps=5, schedule="constant"), "critic AdamW")
     actor_lora: LoRAConfig = field(LoRAConfig(enabled=False),
@@ -153,8 +160,7 @@ class PPOConfig:
         self.cadence().validate()
         require(self.rollout.batch_size % self.algo.mini_batch_size == 0, "algo.mini_batch_size",
                 f"{self.algo.mini_batch_size} must divide rollout.batch_size={self.rollout.batch_size}")
-        require(not self.algo.gold_reward or bool(self.data.labeler_world), "algo.gold_reward",
-                "the gold reward is the built-in task's labeler: set data.labeler_world to the task's world.json")
+        require(not self.judge_kwargs or bool(self.judge), "judge_kwargs", "given without a judge")
         for key, lora in (("actor_lora", self.actor_lora), ("critic_lora", self.critic_lora)):
             # Dropout would make the update's log π differ from the scoring pass's log π_old at ratio 1.
             require(not lora.enabled or lora.dropout == 0, f"{key}.dropout", "must be 0 in PPO")

@@ -1,24 +1,22 @@
-"""Rankings for the reward model: sample K responses per prompt from the SFT policy, have the built-in
-task's hidden labeler rank them (with its noise), write rankings JSONL (InstructGPT's comparison data).
+"""Rankings for the reward model: sample K responses per prompt from the SFT policy, have a task's labeler
+rank them, write rankings JSONL (InstructGPT's comparison data).
 
 Responses are drawn by temperature sampling with the compiled generation engine: all K samples of a
-prompt sit in the same generation batch (rows p·K .. p·K+K−1) and differ by their random draws. The
-labeler sees only prompt and response text; ``noise`` is the standard deviation of the Gaussian it adds
-to each score before sorting, standing in for disagreement among human labelers.
+prompt sit in the same generation batch (rows p·K .. p·K+K−1) and differ by their random draws (each row
+draws its own). The labeler is a function named ``module:function`` (the contract: :mod:`mindrlhf.tasks`);
+it sees the prompt and response texts and the prompts file's other fields. ``noise`` reaches it with a
+seeded numpy Generator: the built-in labeler adds Gaussian noise of that standard deviation to each score
+before sorting, standing in for disagreement among human labelers.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional
 
 import numpy as np
 
 from .. import runtime
 from ..config import field, require
-from ..data.builtin.labeler import Labeler
-from ..data.builtin.task import make_rankings
-from ..data.builtin.world import load_world
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
@@ -26,7 +24,9 @@ from ..io import write_jsonl
 from ..generation import generate_batches, generation_config, response_texts
 from ..nn import CausalLM
 from ..nn.generate import Generator
+from ..plugins import load_function
 from ..runtime import DEVICES, RuntimeConfig
+from ..tasks import make_rankings
 
 
 @dataclasses.dataclass
@@ -34,7 +34,8 @@ class RankingsConfig:
     """How comparison data is sampled and labelled; the pipeline's ``rankings`` section."""
 
     k: int = field(4, "responses sampled per prompt and ranked (InstructGPT: 4 to 9)")
-    noise: float = field(0.5, "std of the Gaussian the labeler adds to each score: labelers disagree")
+    noise: float = field(0.5, "labelers disagree: handed to the labeler (the built-in one adds Gaussian noise of "
+                              "this std to each score)")
     max_prompts: int = field(0, "use only the first N prompts; 0 = all")
     temperature: float = field(1.0, "sampling temperature of the K responses")
     top_p: float = field(1.0, "nucleus mass of the sampling; 1 = off")
@@ -62,37 +63,37 @@ class RankingsCommandConfig(RankingsConfig):
     """`mindrlhf data rankings`: the policy, the files, the seed and the device, with the sampling keys."""
 
     policy: str = field("", "SFT output folder (model + tokenizer) the responses are sampled from")
-    prompts: str = field("", "prompts JSONL (world.json beside it is the labeler's truth)")
+    prompts: str = field("", "prompts JSONL; a line's other fields reach the labeler as columns")
     out: str = field("", "rankings JSONL to write")
-    world: str = field("", "world.json of the built-in task; empty = beside the prompts file")
+    labeler: str = field("", "module:function (or file.py:function) ranking K answers; the contract is in "
+                             "mindrlhf/tasks.py")
+    labeler_kwargs: dict = field({}, "fixed keyword arguments of the labeler, e.g. {lexicon: words.json}")
+    chat_template: bool = field(True, "prompts through the tokenizer's chat template (off: plain continuation)")
     seed: int = field(0, "seed of the sampling and the labeler's noise")
     device: str = field("CPU", "device target: CPU, GPU or Ascend")
 
     def validate(self):
         super().validate()
-        for key, example in (("policy", "runs/sft/model"), ("prompts", "prompts.jsonl"), ("out", "rankings.jsonl")):
+        for key, example in (("policy", "runs/sft/model"), ("prompts", "prompts.jsonl"), ("out", "rankings.jsonl"),
+                             ("labeler", "my_task.py:rank")):
             require(bool(getattr(self, key)), key, f"required, e.g. --{key} {example}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
 
 
-def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, noise: float = 0.5, seed: int = 0,
-                    world_file: str = "", temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-                    batch_prompts: int = 16, max_prompts: int = 0, prompt_bucket: int = 16,
-                    runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
+def sample_rankings(policy_dir: str, prompts_file: str, out: str, labeler: str, labeler_kwargs: Optional[dict] = None,
+                    k: int = 4, noise: float = 0.5, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
+                    max_new_tokens: int = 48, batch_prompts: int = 16, max_prompts: int = 0, prompt_bucket: int = 16,
+                    chat_template: bool = True, runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
     """Sample ``k`` responses per prompt from the policy in ``policy_dir`` (an SFT output folder), rank
-    them with the built-in labeler of ``world_file`` (default: ``world.json`` beside the prompts), and
-    write the rankings to ``out``. Returns a summary: prompts, rankings written, prompts dropped (fewer
-    than 2 distinct non-empty responses) and the labeler's mean score of the samples."""
+    them with ``labeler`` (``module:function``, with ``labeler_kwargs`` bound; its rng is seeded with
+    ``[seed, 1]``), and write the rankings to ``out``. Returns a summary: prompts, rankings written, prompts
+    dropped (fewer than 2 distinct non-empty responses), prompts skipped as too long."""
     if k < 2:
         raise ValueError(f"sample_rankings: k={k}; a ranking needs at least 2 responses per prompt")
     if noise < 0:
         raise ValueError(f"sample_rankings: noise={noise}; the labeler's noise is a standard deviation, >= 0")
-    world_file = world_file or os.path.join(os.path.dirname(os.path.abspath(prompts_file)), "world.json")
-    if not os.path.isfile(world_file):
-        raise FileNotFoundError(f"{world_file}: the built-in task's world.json (the labeler's ground truth) was not "
-                                "found; pass world_file=/--world, or keep the prompts next to the files "
-                                "`mindrlhf data builtin` writes")
+    rank = load_function(labeler, "labeler", labeler_kwargs)  # a typo fails before the model is loaded
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
     tokenizer = Tokenizer.load(policy_dir)
     model = CausalLM.from_pretrained(policy_dir)
@@ -100,7 +101,7 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
     records = load_prompts(prompts_file)
     if max_prompts:
         records = records[:max_prompts]
-    encoded = encode_prompts(records, tokenizer, limit)
+    encoded = encode_prompts(records, tokenizer, limit, chat_template=chat_template)
     # batch b holds batch_prompts prompts × k rows and draws with seed + b; each prompt width compiles its own graph
     config = generation_config(tokenizer, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
                                seed=seed)
@@ -109,10 +110,8 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, k: int = 4, no
                                 config, batch_prompts, samples_per_prompt=k):
         texts = [t.strip() for t in response_texts(tokenizer, gen)]
         responses += [texts[i : i + k] for i in range(0, len(texts), k)]
-    labeler = Labeler(load_world(world_file))
-    prompts = [p.text for p in encoded]
-    rankings = make_rankings(prompts, responses, labeler, np.random.default_rng([seed, 1]), noise)
+    rankings = make_rankings([p.text for p in encoded], responses, rank, labeler, np.random.default_rng([seed, 1]),
+                             noise, [p.meta for p in encoded])
     write_jsonl(out, rankings)  # the pipeline takes an existing file as a done stage
-    scores = [labeler.score(p, r) for p, rs in zip(prompts, responses) for r in rs]
-    return {"prompts": len(prompts), "rankings": len(rankings), "dropped": len(prompts) - len(rankings),
-            "skipped_prompts": encoded.skipped, "mean_score": float(np.mean(scores)), "out": out}
+    return {"prompts": len(encoded), "rankings": len(rankings), "dropped": len(encoded) - len(rankings),
+            "skipped_prompts": encoded.skipped, "out": out}

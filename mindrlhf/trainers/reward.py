@@ -63,7 +63,7 @@ class RMLoopConfig(LoopConfig):
 class RMConfig:
     # What the checkpoints' shapes and the data order were made with; a resumed run may not change them.
     fixed_on_resume: ClassVar[tuple] = ("model", "lora.enabled", "lora.rank", "lora.targets", "data.max_length",
-                                        "train.batch_size")
+                                        "data.chat_template", "train.batch_size")
 
     model: str = field("runs/sft/model", "SFT output folder (or HuggingFace folder, or preset) the trunk starts from")
     tokenizer: str = field("", "tokenizer folder; empty = the model folder's")
@@ -107,9 +107,10 @@ def batch_tensors(items, pad_id: int, k: int, pad_multiple: int, max_length: int
             ms.Tensor(normalizer, ms.float32))
 
 
-def encode_rankings_file(path: str, tokenizer, max_length: int, skip_invalid: bool = False):
+def encode_rankings_file(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
+                         chat_template: bool = True):
     """Load, validate and encode a rankings file; errors name file:line (see mindrlhf.data.formats)."""
-    encoded = encode_rankings(load_rankings(path, skip_invalid), tokenizer, max_length, skip_invalid)
+    encoded = encode_rankings(load_rankings(path, skip_invalid), tokenizer, max_length, skip_invalid, chat_template)
     if encoded.skipped:
         print(f"[rm] {path}: skipped {encoded.skipped} invalid rankings; first: {encoded.skip_reasons[:1]}")
     return encoded
@@ -172,7 +173,7 @@ def train_rm(cfg: RMConfig, resume: Optional[str] = None, overwrite: bool = Fals
     data = cfg.data
 
     def encode_file(path):
-        return encode_rankings_file(path, tokenizer, data.max_length, data.skip_invalid)
+        return encode_rankings_file(path, tokenizer, data.max_length, data.skip_invalid, data.chat_template)
 
     train_set, eval_set = split_heldout(encode_file(data.train), data, cfg.runtime.seed, encode_file)
     k = max(len(r.sequences) for r in train_set + eval_set)  # one K for every batch: fixed shapes
@@ -229,18 +230,20 @@ def _train_accuracy(auxes) -> dict:
 
 
 def evaluate_rm(model_dir: str, rankings_file: str, batch_size: int = 16, max_length: int = 0,
-                save: bool = True, runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
-    """Accuracy, mean margin and reward moments of the reward model in ``model_dir`` on ``rankings_file``;
-    with ``save`` also written to ``model_dir/rm_stats.json``. ``max_length`` 0 = the model's context."""
+                write: bool = False, chat_template: bool = True, runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
+    """Accuracy, mean margin and reward moments of the reward model in ``model_dir`` on ``rankings_file``.
+    The model folder is left as it is unless ``write``: then the stats replace its ``rm_stats.json``, the
+    mean and std PPO normalises scores with. ``max_length`` 0 = the model's context; ``chat_template``
+    as the model was trained (its ``data.chat_template``)."""
     if runtime_cfg is not None:
         runtime.setup(runtime_cfg)
     reward_model = load_reward_model(model_dir)
     tokenizer = Tokenizer.load(model_dir)
     max_length = max_length or reward_model.trunk.config.max_position_embeddings
-    records = encode_rankings_file(rankings_file, tokenizer, max_length)
+    records = encode_rankings_file(rankings_file, tokenizer, max_length, chat_template=chat_template)
     k = max(len(r.sequences) for r in records)
     rewards, k_mask = score_rankings(reward_model, records, tokenizer.pad_id, k, batch_size, 32, max_length)
     stats = dict(ranking_stats(rewards, k_mask), reference=os.path.abspath(rankings_file))
-    if save:
+    if write:
         write_stats(stats, model_dir)
     return stats

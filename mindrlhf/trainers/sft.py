@@ -47,7 +47,7 @@ class SFTDataConfig(DataConfig):
 class SFTConfig:
     # What the checkpoints' shapes and the data order were made with; a resumed run may not change them.
     fixed_on_resume: ClassVar[tuple] = ("model", "lora.enabled", "lora.rank", "lora.targets", "data.max_length",
-                                        "train.batch_size")
+                                        "data.chat_template", "train.batch_size")
 
     model: str = field("tiny", "preset name (models/*.yaml), preset YAML path, HuggingFace folder, or GGUF file/name "
                                "(smollm2-135m-instruct) to start from")
@@ -106,7 +106,7 @@ def train_sft(cfg: SFTConfig, resume: Optional[str] = None, overwrite: bool = Fa
 
     def encode_file(path):
         encoded = encode_demonstrations(load_demonstrations(path, data.skip_invalid), tokenizer, data.max_length,
-                                        data.skip_invalid)
+                                        data.skip_invalid, data.chat_template)
         if encoded.skipped:
             print(f"[sft] {path}: skipped {encoded.skipped} invalid lines; first: {encoded.skip_reasons[:1]}")
         return encoded

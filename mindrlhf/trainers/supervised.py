@@ -58,6 +58,8 @@ class DataConfig:
     max_length: int = field(128, "longest prompt+response in tokens; longer records are errors (or skipped)")
     pad_multiple: int = field(32, "pad each batch to a multiple of this (few distinct shapes = few compiles)")
     skip_invalid: bool = field(False, "skip malformed or too-long records (counted and logged) instead of stopping")
+    chat_template: bool = field(True, "encode through the tokenizer's chat template; false = plain continuation "
+                                      "([bos] prompt response eos, the loss on response and EOS: data/encoding.py)")
 
     def validate(self):
         require(bool(self.train), "train", "set the training file, e.g. data.train=train.jsonl")

@@ -1,17 +1,21 @@
 """The built-in movie task: seeded worlds, the hidden labeler's rubric, the written files, and rankings."""
+import functools
 import json
 import re
 
 import numpy as np
 import pytest
 
-from mindrlhf.data.builtin import Labeler, ideal_response, load_world, make_rankings, make_world, write_builtin_task
+from mindrlhf.data.builtin import Labeler, ideal_response, load_world, make_world, write_builtin_task
+from mindrlhf.data.builtin.functions import rank
 from mindrlhf.data.builtin.task import prompt_text
 from mindrlhf.data.formats import load_demonstrations, load_prompts, load_rankings
 from mindrlhf.io import write_jsonl
 from mindrlhf.data.tokenizer import train_tokenizer
+from mindrlhf.tasks import make_rankings
 
 SEEDS = (0, 1, 2)
+SPEC = "mindrlhf.data.builtin.functions:rank"
 
 
 def read_jsonl(path):
@@ -144,18 +148,19 @@ def test_corpus_covers_the_world(task, tmp_path):
 
 
 def test_make_rankings(task, tmp_path):
-    _, world = task
-    labeler = Labeler(world)
+    paths, world = task
+    labeler = functools.partial(rank, world=paths["world.json"])
     rng = np.random.default_rng(1)
     genre = world.genres[0]
     prompt = prompt_text((2, genre, None, -1))
     good, other = world.of_genre(genre)[0], world.of_genre(world.genres[1])[0]
     responses = ["blah blah", f'Try "{other.title}".', f'Try "{good.title}" ({good.year}).', f'Try "{good.title}".']
-    records = make_rankings([prompt, prompt, "Any good ones?"], [responses, ["", "x"], ["a", "b"]], labeler, rng, 0.0)
+    records = make_rankings([prompt, prompt, "Any good ones?"], [responses, ["", "x"], ["a", "b"]], labeler, SPEC, rng,
+                            0.0)
     assert len(records) == 2  # the second prompt had one non-blank response: no preference to record
     assert records[0]["ranking"] == [2, 3, 1, 0]  # noise 0: by score, 2.5 > 2.0 > -1.0 > -2.0
     assert records[1]["ranking"] == [0, 1]  # equal scores keep the given order
-    noisy = [make_rankings([prompt], [responses], labeler, rng, 3.0)[0]["ranking"] for _ in range(20)]
+    noisy = [make_rankings([prompt], [responses], labeler, SPEC, rng, 3.0)[0]["ranking"] for _ in range(20)]
     assert all(sorted(r) == [0, 1, 2, 3] for r in noisy)
     assert any(r != [2, 3, 1, 0] for r in noisy)  # labelers disagree
     write_jsonl(tmp_path / "rm.jsonl", records)

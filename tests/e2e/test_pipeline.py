@@ -2,8 +2,9 @@
 reward model → PPO from the first round's policy.
 
 PPO must raise the reward model's score of its held-out answers above SFT's (the quantity it optimises)
-while moving a measured distance from the reference. The hidden labeler's verdict is reported in the
-summary and the report; at this scale it is not yet reliably in PPO's favour (see the README).
+while moving a measured distance from the reference. The task's judge (the built-in task's hidden labeler
+without noise) gives its verdict in the summary and the report; at this scale it is not yet reliably in
+PPO's favour (see the README).
 """
 import json
 import os
@@ -39,13 +40,13 @@ def test_short_pipeline_on_a_second_world_improves_on_sft(tmp_path):
 
     sample = summary["sample"]
     assert sample["ppo"]["rm_score"] > sample["sft"]["rm_score"] + 0.1, sample
-    assert 0.0 <= sample["ppo"]["win_rate_vs_sft"] <= 1.0 and "labeler_score" in sample["sft"]
+    assert 0.0 <= sample["ppo"]["win_rate_vs_sft"] <= 1.0 and "judge_score" in sample["sft"]
     assert sample["ppo"]["kl_to_ref"] > 0.05  # the policy moved away from the reference, and the report says how far
     report = (out / "report.md").read_text()
     assert "win_rate_vs_sft" in report and "Answers side by side" in report
-    agreement = summary["reward_model_vs_labeler"]["sample"]  # the reward model judged on the answers themselves
+    agreement = summary["reward_model_vs_judge"]["sample"]  # the reward model judged on the answers themselves
     assert agreement["pairs"] > 0 and 0.0 <= agreement["pair_accuracy"] <= 1.0
-    assert "Reward model against the labeler on these answers" in report
+    assert "Reward model against the judge on these answers" in report
     for stage in ("sft", "rm", "ppo"):
         assert (out / stage / "model" / "model.safetensors").is_file()
         assert (out / stage / "metrics.png").is_file()

@@ -90,6 +90,21 @@ def test_same_seed_same_samples(folder, greedy):
     assert all(r["sum_logprob"] < 0 for r in first)
 
 
+def test_num_samples_gives_k_independent_answers_per_prompt_in_a_row(folder, greedy):
+    """--num-samples 3: three lines per prompt, in order, numbered; the three are rows of one call, each drawing
+    its own random numbers, so they differ; greedy's copies of a prompt are the greedy answer itself."""
+    k = 3
+    sampled = _run(folder, folder / "k3.jsonl", "--temperature", "1.5", "--seed", "3", "--num-samples", str(k))
+    assert [r["prompt"] for r in sampled] == [p for p in PROMPTS for _ in range(k)]
+    assert [r["sample"] for r in sampled] == list(range(k)) * len(PROMPTS)
+    assert [r["meta"] for r in sampled[:k]] == [{"id": 0}] * k
+    groups = [[r["response"] for r in sampled[i:i + k]] for i in range(0, len(sampled), k)]
+    assert sum(len(set(g)) > 1 for g in groups) >= 4  # independent samples, not one answer copied k times
+    twice = _run(folder, folder / "greedy2.jsonl", "--num-samples", "2")
+    assert [r["response"] for r in twice] == [r["response"] for r in greedy for _ in range(2)]
+    assert "sample" not in greedy[0]  # one answer per prompt keeps the one-line-per-prompt format
+
+
 def test_bad_prompts_line_names_file_and_line(folder, capsys):
     bad = folder / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "reverse: cat"}) + "\n\n" + json.dumps({"text": "no prompt"}) + "\n")

@@ -1,7 +1,7 @@
-"""Where PPO's score comes from: a function of the response text (``reward_fn``) or the built-in task's hidden
-labeler (``algo.gold_reward``) instead of the reward model; a reference other than the starting policy (a
-later round of iterated RLHF); and config errors that name their key. (The reward-model and Cell-reward
-paths: test_ppo.py.)"""
+"""Where PPO's score comes from: a function of the response text (``reward_fn``) or named scoring functions
+(``reward.functions``, e.g. a task's judge) instead of the reward model; the judge's score of rollouts in the
+log (``judge``); a reference other than the starting policy (a later round of iterated RLHF); and config
+errors that name their key. (The reward-model and Cell-reward paths: test_ppo.py.)"""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from mindrlhf.nn import CausalLM
 from mindrlhf.nn.lora import merged_weights
 from mindrlhf.trainers.ppo import PPOConfig, PPOTrainer
 
-from .test_ppo import N, TargetFraction, model_config, ppo_config, world  # noqa: F401  (world: the module's fixture)
+from .test_ppo import N, TargetFraction, model_config, ppo_config, target_ids, world  # noqa: F401  (world: the module's fixture)
 
 
 def test_a_reward_function_of_the_text_replaces_the_reward_models_score(world, tmp_path):
@@ -39,19 +39,39 @@ def test_a_reward_function_of_the_text_replaces_the_reward_models_score(world, t
     assert stats["score"] == pytest.approx(float(np.mean(exp.raw_scores)), abs=1e-6)
 
 
-def test_gold_reward_is_the_hidden_labelers_score(world, tmp_path):
-    """algo.gold_reward=true scores with the built-in task's labeler, read from data.labeler_world."""
+JUDGE = "mindrlhf.data.builtin.functions:judge"
+
+
+def test_reward_functions_weigh_a_tasks_judge_and_other_scores(world, tmp_path):
+    """reward.functions: the weighted sum of named functions of the text (here the built-in task's judge, a
+    perfect reward model, and a length penalty) replaces the reward model's score."""
     built = make_world(3)
     built.save(str(tmp_path / "world.json"))
-    cfg = ppo_config(world, tmp_path / "run", "algo.gold_reward=true", f"data.labeler_world={tmp_path / 'world.json'}")
+    cfg = ppo_config(world, tmp_path / "run", f"reward.functions=[{JUDGE}, mindrlhf.rewards:length_penalty]",
+                     "reward.weights=[2.0, 1.0]", f"reward.kwargs={{{JUDGE}: {{world: {tmp_path / 'world.json'}}}}}")
     trainer = PPOTrainer(cfg, reward_model=TargetFraction(world[1].vocab_size, N))
     labeler, rng = Labeler(built), np.random.default_rng(0)
     prompts = [f"Any good {g}? I've already seen \"{m.title}\"." for g, m in zip(("comedies", "thrillers"), built.movies)]
     answers = [ideal_response(labeler, p, rng) for p in prompts] + ["no idea", f"\"{built.movies[0].title}\""]
     prompts = prompts + prompts
-    want = [labeler.score(p, a) for p, a in zip(prompts, answers)]
-    assert trainer.reward_fn(prompts, answers) == want
-    assert want[0] == labeler.max_score(prompts[0]) and min(want) < 0
+    want = [2 * labeler.score(p, a) - 0.01 * len(a) for p, a in zip(prompts, answers)]
+    np.testing.assert_allclose(trainer.text_reward(prompts, answers, {}), want, rtol=1e-6)
+    assert labeler.score(prompts[0], answers[0]) == labeler.max_score(prompts[0]) and min(want) < 0
+
+
+def test_the_judge_scores_rollouts_for_the_log_only(world, tmp_path):
+    """judge (here a function in a file, with a kwarg): its mean score of the rollouts is the metric
+    judge_score; the scores PPO learns from stay the reward model's."""
+    (tmp_path / "my_judge.py").write_text("def judge(prompts, responses, *, bonus, **columns):\n"
+                                          "    return [bonus + len(r) for r in responses]\n")
+    cfg = ppo_config(world, tmp_path / "run", f"judge={tmp_path / 'my_judge.py'}:judge", "judge_kwargs={bonus: 0.5}")
+    trainer = PPOTrainer(cfg, reward_model=TargetFraction(world[1].vocab_size, N))
+    exp, stats = trainer.make_experience([trainer.prompts[i] for i in range(64)], seed=3)
+    responses, mask = exp.input_ids[:, -N:], exp.response_mask
+    texts = [trainer.tokenizer.decode(r[m > 0]) for r, m in zip(responses, mask)]
+    assert stats["judge_score"] == pytest.approx(0.5 + np.mean([len(t) for t in texts]))
+    hits = (np.isin(responses, target_ids(world[1].vocab_size)) * mask).sum(1) / np.maximum(mask.sum(1), 1)
+    np.testing.assert_allclose(exp.raw_scores, hits, atol=1e-6)  # the reward model's, not the judge's
 
 
 # ------------------------------------------------------------------ config errors
@@ -66,7 +86,8 @@ BASE = ["policy=p", "reward_model=r", "data.prompts=x.jsonl"]
     (["algo.kl_estimator=k4"], "algo.kl_estimator", "k1"),
     (["algo.loss_agg_mode=mean"], "algo.loss_agg_mode", "token-mean"),
     (["critic_init=random"], "critic_init", "reward_model or policy"),
-    (["algo.gold_reward=true"], "algo.gold_reward", "data.labeler_world"),
+    (["judge_kwargs={a: 1}"], "judge_kwargs", "without a judge"),
+    (["reward.functions=[m:f]", "reward.weights=[1, 2]"], "reward.weights", "2 weights for 1 functions"),
 ])
 def test_config_errors_name_the_key(overrides, key, hint):
     with pytest.raises(ConfigError) as err:

@@ -1,5 +1,6 @@
 """Reward model end to end on the built-in task: rankings → `mindrlhf rm` → held-out accuracy against the
 labeler's noise-free order; and `mindrlhf data rankings` sampling from a policy folder."""
+import functools
 import json
 import time
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 
 from mindrlhf.cli import main
 from mindrlhf.config import load_config
-from mindrlhf.data.builtin import Labeler, ideal_response, make_rankings, write_builtin_task
+from mindrlhf.data.builtin import Labeler, ideal_response, write_builtin_task
+from mindrlhf.data.builtin.functions import rank
 from mindrlhf.data.builtin.task import demonstration, prompt_text, sample_prompts
 from mindrlhf.data.builtin.world import load_world
 from mindrlhf.data.formats import load_rankings
@@ -19,6 +21,7 @@ from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.trainers.metrics import read_metrics
 from mindrlhf.trainers.artifacts import load_reward_model, read_stats
 from mindrlhf.trainers.reward import RMConfig, train_rm
+from mindrlhf.tasks import make_rankings
 
 N_TRAIN, N_HELDOUT, K = 600, 150, 4
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "rm_builtin.yaml"
@@ -44,13 +47,13 @@ def candidates(labeler, key, rng):
     return [out[i] for i in rng.permutation(K)]
 
 
-def write_rankings(labeler, out_dir):
+def write_rankings(labeler, world_file, out_dir):
     """Training rankings by the NOISY labeler (noise 0.5); held-out rankings in its noise-free order,
     one response per distinct score (tied pairs have no right answer)."""
     rng = np.random.default_rng(0)
     keys = sample_prompts(labeler.world, rng, N_TRAIN, heldout=False)
     train = make_rankings([prompt_text(k) for k in keys], [candidates(labeler, k, rng) for k in keys],
-                          labeler, rng, noise=0.5)
+                          functools.partial(rank, world=world_file), "rank", rng, noise=0.5)
     heldout = []
     for key in sample_prompts(labeler.world, rng, N_HELDOUT, heldout=True):
         prompt = prompt_text(key)
@@ -68,8 +71,8 @@ def write_rankings(labeler, out_dir):
 
 @pytest.mark.slow
 def test_reward_model_ranks_heldout_pairs_like_the_noise_free_labeler(task, capsys):
-    root, _, labeler = task
-    n_train, n_heldout = write_rankings(labeler, root)
+    root, paths, labeler = task
+    n_train, n_heldout = write_rankings(labeler, paths["world.json"], root)
     assert n_train == N_TRAIN and n_heldout > 100
     cfg = load_config(RMConfig, str(CONFIG), [
         f"data.train={root / 'train.jsonl'}", f"data.eval={root / 'heldout.jsonl'}", f"tokenizer={root / 'tok'}",
@@ -87,9 +90,10 @@ def test_reward_model_ranks_heldout_pairs_like_the_noise_free_labeler(task, caps
     rows = read_metrics(str(root / "rm" / "metrics.jsonl"))
     assert rows[-1]["prompt_per_s"] > 0 and 0 <= rows[-1]["accuracy"] <= 1
 
-    # `mindrlhf eval rm` reloads the exported folder and gets the same numbers
+    # `mindrlhf eval rm --write-stats` reloads the exported folder and gets the same numbers
     capsys.readouterr()
-    assert main(["eval", "rm", "--model", str(root / "rm" / "model"), "--data", str(root / "heldout.jsonl")]) == 0
+    assert main(["eval", "rm", "--model", str(root / "rm" / "model"), "--data", str(root / "heldout.jsonl"),
+                 "--write-stats"]) == 0
     assert "accuracy=" in capsys.readouterr().out
     again = read_stats(str(root / "rm" / "model"))
     assert again["accuracy"] == pytest.approx(stats["accuracy"], abs=1e-6)
@@ -108,7 +112,8 @@ def test_data_rankings_samples_k_responses_and_ranks_them_with_the_labeler(task,
     tok.save(str(tmp_path / "policy"))
     out = tmp_path / "rankings.jsonl"
     args = ["data", "rankings", "--policy", str(tmp_path / "policy"), "--prompts", paths["prompts.jsonl"],
-            "--k", "3", "--out", str(out), "--noise", "0", "--max-prompts", "12", "--max-new-tokens", "16"]
+            "--k", "3", "--out", str(out), "--noise", "0", "--max-prompts", "12", "--max-new-tokens", "16",
+            "--labeler", "mindrlhf.data.builtin.functions:rank", "--labeler-kwargs", f"{{world: {paths['world.json']}}}"]
     assert main(args) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     rankings = load_rankings(str(out))  # valid rankings file

@@ -212,20 +212,3 @@ def write_builtin_task(out_dir: str, seed: int = 0, n_train: int = 2000, n_promp
     world.save(paths["world.json"])
     return paths
 
-
-def make_rankings(prompts: Sequence[str], responses_per_prompt: Sequence[Sequence[str]], labeler,
-                  rng: np.random.Generator, noise: float = 0.5) -> List[dict]:
-    """Ranking records ``{"prompt", "responses", "ranking"}`` (ranking best first) by the noisy labeler.
-
-    Blank responses (a policy that emitted eos at once) are dropped, since the ranking format rejects
-    them; a prompt left with fewer than 2 distinct responses is skipped: it carries no preference.
-    """
-    if len(prompts) != len(responses_per_prompt):
-        raise ValueError(f"make_rankings: {len(prompts)} prompts but {len(responses_per_prompt)} response lists")
-    records = []
-    for prompt, responses in zip(prompts, responses_per_prompt):
-        kept = [r for r in responses if r.strip()]
-        if len(set(kept)) < 2:
-            continue
-        records.append({"prompt": prompt, "responses": kept, "ranking": labeler.rank(prompt, kept, rng, noise)})
-    return records
