@@ -95,7 +95,8 @@ def side_ours(args) -> dict:
     import mindspore as ms
 
     from mindrlhf.runtime import RuntimeConfig
-    from mindrlhf.trainers.ppo import PPOAlgoConfig, PPOConfig, PPODataConfig, PPOTrainer, RolloutConfig
+    from mindrlhf.trainers.ppo import PPOTrainer
+    from mindrlhf.trainers.ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig
 
     if args.graph_kernel:
         ms.set_context(enable_graph_kernel=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 

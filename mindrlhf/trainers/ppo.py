@@ -44,7 +44,7 @@ from .artifacts import export_model, load_reward_model, read_stats
 from .experience import AdvantagePass, Experience, ScoringPass, assemble, explained_variance, gather_experience
 from .experience import response_slice
 from .loop import Stage, prepare_run_dir, run_loop
-from .ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig  # noqa: F401 (re-exported)
+from .ppo_config import PPOAlgoConfig, PPOConfig
 from .step import Updater
 from .supervised import DataOrder
 
