@@ -22,6 +22,8 @@ STAGES = {
     "sft": ("mindrlhf.trainers.sft", "SFTConfig", "train_sft", "stage 1: supervised fine-tuning on demonstrations"),
     "rm": ("mindrlhf.trainers.reward", "RMConfig", "train_rm", "stage 2: reward model from K-way rankings"),
     "ppo": ("mindrlhf.trainers.ppo", "PPOConfig", "train_ppo", "stage 3: PPO against the reward model, KL-tied to the reference"),
+    "grpo": ("mindrlhf.trainers.grpo", "GRPOConfig", "train_grpo",
+             "critic-free RL (GRPO, Dr. GRPO, RLOO, REINFORCE++, DAPO, GSPO) on reward functions and/or a reward model"),
     "pipeline": ("mindrlhf.pipeline", "PipelineConfig", "run_pipeline",
                  "the whole recipe on the built-in task: data → SFT → rankings → RM → PPO → report"),
 }
