@@ -17,6 +17,8 @@ import importlib
 import os
 import sys
 
+from .data.builtin.arithmetic import DIFFICULTIES, write_arithmetic_task
+
 # stage name → (module, config class, run function, one-line help)
 STAGES = {
     "sft": ("mindrlhf.trainers.sft", "SFTConfig", "train_sft", "stage 1: supervised fine-tuning on demonstrations"),
@@ -77,10 +79,13 @@ def _data_builtin(args) -> int:
     from .data.builtin.task import write_builtin_task
     from .data.tokenizer import train_tokenizer
 
-    paths = write_builtin_task(args.out, seed=args.seed, shelf=args.shelf)
+    if args.task == "arithmetic":
+        paths = write_arithmetic_task(args.out, seed=args.seed, difficulty=args.difficulty)
+    else:
+        paths = write_builtin_task(args.out, seed=args.seed, shelf=args.shelf)
     tok = train_tokenizer(os.path.join(args.out, "corpus.txt"), args.vocab_size, os.path.join(args.out, "tokenizer"))
-    print(f"[data] built-in task (seed {args.seed}) → {args.out}: {', '.join(sorted(map(os.path.basename, paths)))}; "
-          f"tokenizer with {tok.vocab_size} pieces")
+    names = ", ".join(sorted(map(os.path.basename, paths)))
+    print(f"[data] built-in {args.task} task (seed {args.seed}) → {args.out}: {names}; tokenizer with {tok.vocab_size} pieces")
     return 0
 
 
@@ -186,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="built-in task data, rankings, MindRecord export")
     data_sub = data.add_subparsers(dest="action", metavar="ACTION")
     data_sub.required = True
-    b = data_sub.add_parser("builtin", help="write the built-in movie-recommendation task and its tokenizer")
+    b = data_sub.add_parser("builtin", help="write a built-in task (movie recommendations, or arithmetic with checkable "
+                                            "answers) and its tokenizer")
+    b.add_argument("--task", default="movies", choices=["movies", "arithmetic"])
+    b.add_argument("--difficulty", type=int, default=2, choices=sorted(DIFFICULTIES),
+                   help="arithmetic: 1 = a ± b in digits, 2 = two or three terms up to 20, some in words, 3 = with ×")
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=0, help="world seed; another seed gives another world")
     b.add_argument("--vocab-size", type=int, default=1000)
