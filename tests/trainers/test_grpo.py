@@ -225,6 +225,12 @@ def test_config_errors_name_the_key(extra, key, hint):
     assert str(err.value).startswith(key) and hint in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize("name", ["grpo_builtin.yaml", "grpo_arithmetic_smollm2.yaml"])
+def test_the_recipes_load(name):
+    cfg = load_config(GRPOConfig, os.path.join(os.path.dirname(__file__), "..", "..", "configs", name))
+    assert cfg.reward.functions and cfg.rollout.batch_size * cfg.rollout.group_size % cfg.algo.mini_batch_size == 0
+
+
 def test_overlong_penalty_hand_numbers():
     # L_max = 10, buffer 4: free up to 6 tokens, then −(|y| − 6)/4 · 0.5
     np.testing.assert_allclose(overlong_penalty(np.array([3, 6, 7, 8, 10]), 10, 4, 0.5),
