@@ -15,8 +15,12 @@ from mindrlhf.config import ConfigError, load_config
 from mindrlhf.data.tokenizer import Tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.plugins import PluginError
-from mindrlhf.trainers.grpo import GRPOConfig, GRPOTrainer, GroupBatch, concat_groups, overlong_penalty
+from mindrlhf.roles import RewardModel
+from mindrlhf.trainers.artifacts import export_reward_model, write_stats
+from mindrlhf.trainers.grpo import GRPOTrainer, GroupAdvantagePass, GroupBatch, concat_groups, overlong_penalty
+from mindrlhf.trainers.grpo_config import GRPOAlgoConfig, GRPOConfig
 from mindrlhf.trainers.metrics import read_metrics
+from mindrlhf.trainers.reward import RMConfig
 
 N = 8  # answer tokens (rollout.max_new_tokens)
 P = 16  # the prompt bucket; every prompt fits, so each graph compiles for one shape
@@ -154,6 +158,44 @@ def test_dynamic_sampling_drops_groups_of_equal_rewards(run):
     assert flat.sum() == stats["filled_groups"] == 0
     texts = [trainer.tokenizer.decode(r[r != trainer.tokenizer.pad_id]) for r in batch.input_ids[::G, :-N]]
     assert not any("cat" in t for t in texts)
+
+
+def test_the_kl_can_go_into_the_reward():
+    """kl_in=reward: GRPO's advantages of score − β·Σ_t k1_t (k1 = log π_old − log π_ref), on valid tokens only."""
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=8).astype(np.float32)
+    old, ref = (rng.normal(-2, 0.5, (8, 5)).astype(np.float32) for _ in range(2))
+    mask = (np.arange(5)[None, :] < rng.integers(1, 6, 8)[:, None]).astype(np.float32)
+    cell = GroupAdvantagePass(GRPOAlgoConfig(kl_in="reward", kl_coef=0.5), group_size=4)
+    kl, advantages = (x.asnumpy() for x in cell(*map(ms.Tensor, (scores, old, ref, mask))))
+    np.testing.assert_allclose(kl, (old - ref) * mask, atol=1e-6)
+    shaped = (scores - 0.5 * ((old - ref) * mask).sum(1)).astype(np.float64).reshape(2, 4)
+    want = (shaped - shaped.mean(1, keepdims=True)) / (shaped.std(1, ddof=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(advantages, want.reshape(-1, 1) * mask, rtol=1e-4, atol=1e-5)
+
+
+def test_a_reward_model_folder_as_the_reward_and_log_probs_recomputed_below_temperature_one(world, tmp_path):
+    """reward.model alone: the score is the reward model's, normalised with rm_stats.json. At T = 0.8 the sampler's
+    log-probs are the tempered policy's, so log π_old comes from an actor forward: at the start (actor = reference)
+    it equals log π_ref."""
+    root, tok = world
+    ms.set_seed(4)
+    reward_model = RewardModel(CausalLM(ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, hidden_size=32,
+                                                                intermediate_size=64)))
+    reward_model.head.weight.set_data(ms.Tensor(np.random.default_rng(4).normal(0, 0.5, (32, 1)).astype(np.float32)))
+    export_reward_model(reward_model, tok, RMConfig(), str(tmp_path / "rm"))
+    write_stats({"reward_mean": 0.5, "reward_std": 2.0}, str(tmp_path / "rm"))
+    trainer = GRPOTrainer(grpo_config(world, tmp_path / "run", "reward.functions=[]", f"reward.model={tmp_path / 'rm'}",
+                                      "rollout.temperature=0.8"))
+    assert trainer.scoring.with_actor and trainer.scoring.with_reference and trainer.scoring.with_reward_model
+    batch, terms, _ = trainer.rollout([trainer.prompts[i] for i in range(B)], seed=9)
+    valid = batch.response_mask > 0
+    np.testing.assert_allclose(batch.old_logprobs[valid], batch.ref_logprobs[valid], atol=1e-5)
+    last = (batch.attention_mask.shape[1] - N - 1 + batch.response_mask.sum(1)).astype(np.int32)
+    raw = trainer.reward_model(*(ms.Tensor(x) for x in (batch.input_ids, batch.attention_mask, last))).asnumpy()
+    assert np.ptp(raw) > 1e-3
+    np.testing.assert_allclose(batch.scores, (raw - 0.5) / 2.0, atol=1e-5)
+    np.testing.assert_array_equal(terms["rewards/model"], batch.scores)
 
 
 # ------------------------------------------------------------------ a wrong reward function stops the run
