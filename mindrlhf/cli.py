@@ -30,6 +30,7 @@ import typing
 import yaml
 
 from .config import describe, load_config, load_run_config
+from .data.builtin.arithmetic import DIFFICULTIES, write_arithmetic_task
 from .data.builtin.task import write_builtin_task
 from .data.formats import export_mindrecord
 from .data.tokenizer import train_tokenizer
@@ -49,6 +50,8 @@ STAGES = {
     "rm": ("mindrlhf.trainers.reward", "RMConfig", "train_rm", "stage 2: reward model from K-way rankings"),
     "ppo": ("mindrlhf.trainers.ppo", "PPOConfig", "train_ppo", "stage 3: PPO against the reward model, KL-tied to the reference"),
     "dpo": ("mindrlhf.trainers.dpo", "DPOConfig", "train_dpo", "DPO (or IPO, hinge, SimPO) on preference pairs from rankings"),
+    "grpo": ("mindrlhf.trainers.grpo", "GRPOConfig", "train_grpo",
+             "critic-free RL (GRPO, Dr. GRPO, RLOO, REINFORCE++, DAPO, GSPO) on reward functions and/or a reward model"),
     "pipeline": ("mindrlhf.pipeline", "PipelineConfig", "run_pipeline",
                  "the whole recipe on a task (the built-in one, or yours): data → SFT → rankings → RM → PPO → report"),
 }
@@ -105,10 +108,13 @@ def _tokenizer_train(args) -> int:
 
 
 def _data_builtin(args) -> int:
-    paths = write_builtin_task(args.out, seed=args.seed, shelf=args.shelf)
+    if args.task == "arithmetic":
+        paths = write_arithmetic_task(args.out, seed=args.seed, difficulty=args.difficulty)
+    else:
+        paths = write_builtin_task(args.out, seed=args.seed, shelf=args.shelf)
     tok = train_tokenizer(os.path.join(args.out, "corpus.txt"), args.vocab_size, os.path.join(args.out, "tokenizer"))
-    print(f"[data] built-in task (seed {args.seed}) → {args.out}: {', '.join(sorted(map(os.path.basename, paths)))}; "
-          f"tokenizer with {tok.vocab_size} pieces")
+    names = ", ".join(sorted(map(os.path.basename, paths)))
+    print(f"[data] built-in {args.task} task (seed {args.seed}) → {args.out}: {names}; tokenizer with {tok.vocab_size} pieces")
     return 0
 
 
@@ -249,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="built-in task data, rankings, MindRecord export")
     data_sub = data.add_subparsers(dest="action", metavar="ACTION")
     data_sub.required = True
-    b = data_sub.add_parser("builtin", help="write the built-in movie-recommendation task and its tokenizer")
+    b = data_sub.add_parser("builtin", help="write a built-in task (movie recommendations, or arithmetic with checkable "
+                                            "answers) and its tokenizer")
+    b.add_argument("--task", default="movies", choices=["movies", "arithmetic"])
+    b.add_argument("--difficulty", type=int, default=2, choices=sorted(DIFFICULTIES),
+                   help="arithmetic: 1 = a ± b in digits, 2 = two or three terms up to 20, some in words, 3 = with ×")
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=0, help="world seed; another seed gives another world")
     b.add_argument("--vocab-size", type=int, default=1000)

@@ -29,6 +29,8 @@ WORLD_CHECKS = {
     "sft": lambda cfg, world: cfg.train.layout(world),
     "rm": lambda cfg, world: cfg.train.layout(world),
     "ppo": lambda cfg, world: cfg.layout(world),
+    "dpo": lambda cfg, world: cfg.train.layout(world),
+    "grpo": lambda cfg, world: cfg.layout(world),
 }
 
 # What a failed worker's log shows first: a Python traceback, our one-line error, MindSpore's C++ error.

@@ -231,14 +231,19 @@ class RewardFunctionsConfig:
                     f"{spec!r} is not one of functions ({', '.join(self.functions) or 'none'})")
             require(isinstance(kwargs, dict), f"kwargs[{spec!r}]", f"expected a mapping, got {kwargs!r}")
 
+    def load(self, key: str = "reward") -> List[tuple]:
+        """``[(spec, function, weight)]``, every function imported now (a typo stops the run before anything
+        is compiled); ``key`` is the config section named in errors."""
+        weights = list(self.weights) if self.weights else [1.0] * len(self.functions)
+        return [(spec, load_function(spec, f"{key}.functions[{i}]", self.kwargs.get(spec)), w)
+                for i, (spec, w) in enumerate(zip(self.functions, weights))]
+
     def scorer(self, key: str = "reward") -> Optional[Callable]:
         """``score(prompts, responses, columns) -> float32 [n]``, the weighted sum (None without functions);
         every function is imported now, so a typo stops the run before anything is compiled."""
         if not self.functions:
             return None
-        weights = list(self.weights) if self.weights else [1.0] * len(self.functions)
-        loaded = [(spec, load_function(spec, f"{key}.functions[{i}]", self.kwargs.get(spec)), w)
-                  for i, (spec, w) in enumerate(zip(self.functions, weights))]
+        loaded = self.load(key)
 
         def score(prompts, responses, columns=None) -> np.ndarray:
             total = np.zeros(len(responses), np.float32)

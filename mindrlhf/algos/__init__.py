@@ -6,7 +6,8 @@ with ``get_kl_estimator``, ``get_adv_estimator``, ``get_policy_loss`` and ``get_
 them when a Cell is built, not inside ``construct``.
 """
 from mindrlhf.algos.advantages import (
-    ADV_ESTIMATORS, compute_gae, get_adv_estimator, grpo_advantages, register_adv_estimator,
+    ADV_ESTIMATORS, compute_gae, dr_grpo_advantages, get_adv_estimator, grpo_advantages, register_adv_estimator,
+    reinforce_pp_advantages, rloo_advantages,
 )
 from mindrlhf.algos.aggregation import LOSS_AGG_MODES, agg_loss
 from mindrlhf.algos.core import (
@@ -18,11 +19,13 @@ from mindrlhf.algos.dpo import (
     register_dpo_loss,
 )
 from mindrlhf.algos.kl import (
-    KL_ESTIMATORS, get_kl_estimator, kl_abs, kl_k1, kl_k2, kl_k3, kl_penalty, register_kl_estimator,
+    K3_MAX_LOG_RATIO, KL_ESTIMATORS, get_kl_estimator, kl_abs, kl_k1, kl_k2, kl_k3, kl_loss, kl_penalty,
+    register_kl_estimator,
 )
 from mindrlhf.algos.kl_control import AdaptiveKLController, FixedKLController, adapt_kl_penalty
 from mindrlhf.algos.ppo_losses import (
-    POLICY_LOSSES, get_policy_loss, policy_loss_clip, policy_loss_kl_penalty, register_policy_loss, value_loss,
+    POLICY_LOSSES, get_policy_loss, policy_loss_clip, policy_loss_clip_higher, policy_loss_dual_clip,
+    policy_loss_gspo, policy_loss_kl_penalty, register_policy_loss, value_loss,
 )
 from mindrlhf.algos.ranking import pairwise_accuracy, ranking_loss
 from mindrlhf.algos.registry import Registry
@@ -35,13 +38,16 @@ __all__ = [
     # aggregation
     "agg_loss", "LOSS_AGG_MODES",
     # KL
-    "kl_penalty", "kl_k1", "kl_k2", "kl_k3", "kl_abs", "KL_ESTIMATORS", "register_kl_estimator", "get_kl_estimator",
+    "kl_penalty", "kl_k1", "kl_k2", "kl_k3", "kl_abs", "kl_loss", "K3_MAX_LOG_RATIO", "KL_ESTIMATORS",
+    "register_kl_estimator", "get_kl_estimator",
     "FixedKLController", "AdaptiveKLController", "adapt_kl_penalty",
     # rewards and advantages
     "token_level_rewards", "last_token_mask",
-    "compute_gae", "grpo_advantages", "ADV_ESTIMATORS", "register_adv_estimator", "get_adv_estimator",
+    "compute_gae", "grpo_advantages", "dr_grpo_advantages", "rloo_advantages", "reinforce_pp_advantages",
+    "ADV_ESTIMATORS", "register_adv_estimator", "get_adv_estimator",
     # losses
-    "policy_loss_clip", "policy_loss_kl_penalty", "POLICY_LOSSES", "register_policy_loss", "get_policy_loss",
+    "policy_loss_clip", "policy_loss_kl_penalty", "policy_loss_clip_higher", "policy_loss_dual_clip",
+    "policy_loss_gspo", "POLICY_LOSSES", "register_policy_loss", "get_policy_loss",
     "value_loss",
     "ranking_loss", "pairwise_accuracy",
     "dpo_loss", "dpo_sigmoid", "dpo_ipo", "dpo_hinge", "dpo_simpo", "DPO_LOSSES", "register_dpo_loss", "get_dpo_loss",

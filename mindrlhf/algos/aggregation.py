@@ -9,7 +9,7 @@ from mindspore import ops
 
 from mindrlhf.algos.core import masked_count
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
 def agg_loss(loss_mat, loss_mask, loss_agg_mode="token-mean", normalizer=None):
@@ -18,6 +18,9 @@ def agg_loss(loss_mat, loss_mask, loss_agg_mode="token-mean", normalizer=None):
     token-mean:           Σ_{b,t} m·ℓ / N_tok    (every valid token weighs the same)
     seq-mean-token-sum:   Σ_b (Σ_t m·ℓ) / N_seq
     seq-mean-token-mean:  Σ_b (Σ_t m·ℓ / Σ_t m) / N_seq   (every sequence weighs the same)
+    seq-mean-token-sum-norm:  Σ_b (Σ_t m·ℓ / L) / N_seq   (Dr. GRPO, Liu et al. 2025: L = response_len,
+                          the padded width, a constant when responses are padded to max_new_tokens, so
+                          long answers are not down-weighted per token as with seq-mean-token-mean)
 
     N_tok defaults to Σ m and N_seq to the number of rows with at least one valid token; pass
     ``normalizer`` (a float or 0-d tensor: the global token count for token-mean, the global sequence
@@ -40,6 +43,8 @@ def agg_loss(loss_mat, loss_mask, loss_agg_mode="token-mean", normalizer=None):
         seq_losses = ops.reduce_sum(loss_mat * loss_mask, -1)  # [batch]
     elif loss_agg_mode == "seq-mean-token-mean":
         seq_losses = ops.reduce_sum(loss_mat * loss_mask, -1) / masked_count(loss_mask, -1)
+    elif loss_agg_mode == "seq-mean-token-sum-norm":
+        seq_losses = ops.reduce_sum(loss_mat * loss_mask, -1) / float(loss_mat.shape[-1])
     else:
         raise ValueError(
             f"agg_loss: unknown loss_agg_mode {loss_agg_mode!r}; valid modes: {', '.join(LOSS_AGG_MODES)}"

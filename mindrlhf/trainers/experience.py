@@ -115,8 +115,9 @@ def explained_variance(values: np.ndarray, returns: np.ndarray, mask: np.ndarray
     return float(1.0 - np.var(returns[m] - values[m]) / var) if var > 0 else float("nan")
 
 
-def gather_experience(exp: Experience) -> Experience:
-    """Every rank's rows, concatenated in rank order (the global batch), on every rank.
+def gather_experience(exp):
+    """Every rank's rows of a rollout batch (an :class:`Experience`, or any dataclass of arrays with one row per
+    sample, such as GRPO's), concatenated in rank order (the global batch), on every rank.
 
     The arrays travel in one all-gather per dtype (rows flattened side by side), not one per field.
     """
@@ -130,4 +131,4 @@ def gather_experience(exp: Experience) -> Experience:
         offsets = np.cumsum([0] + [f.shape[1] for f in flat])
         for n, lo, hi in zip(names, offsets[:-1], offsets[1:]):
             gathered[n] = rows[:, lo:hi].reshape((len(rows),) + arrays[n].shape[1:])
-    return Experience(**gathered)
+    return type(exp)(**gathered)

@@ -1,9 +1,11 @@
-"""Per-token rewards, GAE and GRPO advantages against hand numbers and a plain-Python loop."""
+"""Per-token rewards, GAE and the group estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++) against hand
+numbers and plain-Python loops."""
 import numpy as np
 import pytest
 
 from mindrlhf.algos import (
-    ADV_ESTIMATORS, compute_gae, get_adv_estimator, grpo_advantages, last_token_mask, token_level_rewards,
+    ADV_ESTIMATORS, compute_gae, dr_grpo_advantages, get_adv_estimator, grpo_advantages, last_token_mask,
+    reinforce_pp_advantages, rloo_advantages, token_level_rewards,
 )
 
 from .cells import FnCell, pynative, t
@@ -93,14 +95,16 @@ def test_gae_lambda_zero_is_one_step_td(random_episode):
     np.testing.assert_allclose(advantages.asnumpy(), one_step_td, rtol=1e-5, atol=1e-6)
 
 
-# ---- GRPO ----------------------------------------------------------------------------------------
+# ---- the group estimators -----------------------------------------------------------------------
 
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+# two prompts, three answers each; rows end at different lengths (masked tokens must get 0)
 GRPO_MASK = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], np.float64)
+SCORES = [1.0, 2.0, 3.0, 5.0, 5.0, 5.0]
 
 
 def test_grpo_hand_numbers_graph():
-    scores = t([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])  # two prompts, three answers each
-    advantages, returns = FnCell(grpo_advantages, group_size=3)(scores, t(GRPO_MASK))
+    advantages, returns = FnCell(grpo_advantages, group_size=3)(t(SCORES), t(GRPO_MASK))
     # group 1: mean 2, std 1 → (−1, 0, 1)/(1 + 1e-6);  group 2: all equal → 0
     per_answer = np.array([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]) / (1.0 + 1e-6)
     np.testing.assert_allclose(advantages.asnumpy(), per_answer[:, None] * GRPO_MASK, rtol=1e-6, atol=1e-7)
@@ -114,19 +118,81 @@ def test_grpo_pairs_and_no_std_pynative():
     # each pair: mean ± 0.5·gap, std (Bessel) = gap/√2 → ±1/√2
     expected = np.array([-1, 1, 1, -1]) / np.sqrt(2.0)
     np.testing.assert_allclose(advantages.asnumpy()[:, 0], expected, rtol=1e-5)
-    advantages, _ = grpo_advantages(t([1.0, 2.0, 3.0, 5.0, 5.0, 5.0]), t(GRPO_MASK), 3, norm_by_std=False)
+    advantages, _ = grpo_advantages(t(SCORES), t(GRPO_MASK), 3, norm_by_std=False)
     np.testing.assert_allclose(advantages.asnumpy()[:, 0], [-1, 0, 1, 0, 0, 0], atol=1e-6)
 
 
-@pytest.mark.parametrize("group_size", [1, 4])
-def test_grpo_rejects_bad_group_size(group_size):
+def test_dr_grpo_hand_numbers_graph():
+    advantages, returns = FnCell(dr_grpo_advantages, group_size=3)(t(SCORES), t(GRPO_MASK))
+    np.testing.assert_allclose(advantages.asnumpy(), np.array([-1.0, 0, 1, 0, 0, 0])[:, None] * GRPO_MASK, atol=1e-6)
+    np.testing.assert_array_equal(returns.asnumpy(), advantages.asnumpy())
+
+
+def test_rloo_hand_numbers_graph():
+    # group 1: baselines (2+3)/2 = 2.5, (1+3)/2 = 2, (1+2)/2 = 1.5 → (−1.5, 0, 1.5) = 3/2 · (s − mean)
+    advantages, _ = FnCell(rloo_advantages, group_size=3)(t(SCORES), t(GRPO_MASK))
+    np.testing.assert_allclose(advantages.asnumpy(), np.array([-1.5, 0, 1.5, 0, 0, 0])[:, None] * GRPO_MASK, atol=1e-6)
+
+
+def test_rloo_matches_a_leave_one_out_loop():
     pynative()
-    with pytest.raises(ValueError, match="group_size"):
-        grpo_advantages(t(np.zeros(6)), t(np.ones((6, 2))), group_size)
+    rng = np.random.default_rng(7)
+    scores, n = rng.normal(size=12), 4
+    want = [scores[i] - np.mean([scores[j] for j in range(i // n * n, i // n * n + n) if j != i]) for i in range(12)]
+    advantages, _ = rloo_advantages(t(scores), t(np.ones((12, 1))), n)
+    np.testing.assert_allclose(advantages.asnumpy()[:, 0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_reinforce_pp_hand_numbers_graph():
+    """Group-mean baseline b = (−1, 0, 1 | 0, 0, 0) on 4+2+1+4+3+4 = 18 valid tokens, then whitened over them:
+    mean = (−4 + 1)/18 = −1/6; Σ(b − mean)² = 4·(5/6)² + 2·(1/6)² + (7/6)² + 11·(1/6)² = 4.5; var = 4.5/17."""
+    eps = 1e-6
+    advantages, _ = FnCell(reinforce_pp_advantages, group_size=3, eps=eps)(t(SCORES), t(GRPO_MASK))
+    baseline = np.array([-1.0, 0, 1, 0, 0, 0])[:, None]
+    want = (baseline + 1 / 6) / np.sqrt(4.5 / 17 + eps) * GRPO_MASK
+    np.testing.assert_allclose(advantages.asnumpy(), want, rtol=1e-5, atol=1e-6)
+    got = advantages.asnumpy()[GRPO_MASK > 0]
+    assert abs(got.mean()) < 1e-6 and got.std(ddof=1) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", GROUP_ESTIMATORS)
+def test_a_group_of_equal_non_dyadic_rewards_gets_exactly_zero(name):
+    """Eight answers scored 7.3: the float32 group mean is 7.2999997, and (s − mean)/(std + ε) without
+    centring on a member first gave each answer 0.3; every estimator gives exactly 0 (graph and PyNative)."""
+    scores = t(np.full(8, 7.3))
+    mask = t(np.ones((8, 3)))
+    fn = get_adv_estimator(name)
+    graph = FnCell(fn, group_size=8)(scores, mask)[0].asnumpy()
+    pynative()
+    eager = fn(scores, mask, 8)[0].asnumpy()
+    assert np.all(graph == 0.0) and np.all(eager == 0.0), (graph[:, 0], eager[:, 0])
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
+def test_an_equal_group_stays_exactly_zero_beside_a_varied_one(name):
+    pynative()
+    scores = t([7.3] * 4 + [0.1, 0.7, 0.2, 0.9])
+    advantages = get_adv_estimator(name)(scores, t(np.ones((8, 2))), 4)[0].asnumpy()
+    assert np.all(advantages[:4] == 0.0) and np.all(np.abs(advantages[4:]) > 0.1)
+
+
+@pytest.mark.parametrize("name", GROUP_ESTIMATORS)
+def test_a_group_of_one_gets_zero(name):
+    pynative()
+    advantages, returns = get_adv_estimator(name)(t([1.0, -2.0, 3.5]), t(np.ones((3, 2))), 1)
+    assert np.all(advantages.asnumpy() == 0.0) and np.all(returns.asnumpy() == 0.0)
+
+
+@pytest.mark.parametrize("name", GROUP_ESTIMATORS)
+def test_group_size_must_divide_the_batch(name):
+    pynative()
+    with pytest.raises(ValueError, match="group_size=4 must be >= 1 and divide the batch of 6"):
+        get_adv_estimator(name)(t(np.zeros(6)), t(np.ones((6, 2))), 4)
 
 
 def test_adv_registry():
-    assert ADV_ESTIMATORS.names() == ["gae", "grpo"]
+    assert ADV_ESTIMATORS.names() == ["dr_grpo", "gae", "grpo", "reinforce_pp", "rloo"]
     assert get_adv_estimator("gae") is compute_gae and get_adv_estimator("grpo") is grpo_advantages
-    with pytest.raises(ValueError, match="valid names: gae, grpo"):
-        get_adv_estimator("rloo")
+    assert get_adv_estimator("rloo") is rloo_advantages and get_adv_estimator("dr_grpo") is dr_grpo_advantages
+    with pytest.raises(ValueError, match="valid names: dr_grpo, gae, grpo, reinforce_pp, rloo"):
+        get_adv_estimator("vtrace")

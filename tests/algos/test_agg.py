@@ -18,6 +18,8 @@ def np_agg(loss, mask, mode):
         return (loss * mask).sum() / mask.sum()
     if mode == "seq-mean-token-sum":
         return (loss * mask).sum(-1)[valid_rows].mean()
+    if mode == "seq-mean-token-sum-norm":  # Dr. GRPO: a constant length, the padded width
+        return ((loss * mask).sum(-1)[valid_rows] / loss.shape[-1]).mean()
     return ((loss * mask).sum(-1)[valid_rows] / mask.sum(-1)[valid_rows]).mean()
 
 
@@ -34,6 +36,7 @@ def test_agg_loss_hand_numbers_pynative():
     assert agg_loss(loss, mask, "token-mean").asnumpy() == pytest.approx((1 + 2 + 3 + 4) / 4)
     assert agg_loss(loss, mask, "seq-mean-token-sum").asnumpy() == pytest.approx((6 + 4) / 2)
     assert agg_loss(loss, mask, "seq-mean-token-mean").asnumpy() == pytest.approx((2 + 4) / 2)
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm").asnumpy() == pytest.approx((6 / 3 + 4 / 3) / 2)
     assert agg_loss(loss, mask, "token-mean", normalizer=8.0).asnumpy() == pytest.approx(10 / 8)
 
 

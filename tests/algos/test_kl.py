@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 from mindrlhf.algos import (
-    AdaptiveKLController, FixedKLController, KL_ESTIMATORS, adapt_kl_penalty, get_kl_estimator, kl_penalty,
-    register_kl_estimator,
+    AdaptiveKLController, FixedKLController, KL_ESTIMATORS, adapt_kl_penalty, agg_loss, get_kl_estimator, kl_loss,
+    kl_penalty, register_kl_estimator,
 )
 
-from .cells import FnCell, pynative, t
+from .cells import FnCell, GradCell, pynative, t
 
 LOGP = np.array([[-1.0, -2.0, -0.5], [-3.0, -0.1, -0.7]])
 REF = np.array([[-1.5, -1.0, -0.5], [-2.0, -0.3, -4.0]])
@@ -43,6 +43,26 @@ def test_k3_hand_numbers_and_sign():
     assert kl_penalty(t([[-1.0]]), t([[-1.5]]), "k3").asnumpy()[0, 0] == pytest.approx(0.1065306597, rel=1e-5)
     assert np.all(kl_penalty(t(LOGP), t(REF), "k3").asnumpy() >= 0.0)
     assert np.all(kl_penalty(t(LOGP), t(LOGP), "k3").asnumpy() == 0.0)
+
+
+def test_k3_stays_finite_for_large_log_ratios():
+    """log π_ref − log π = +61: unclamped, exp(61) − 62 = 3.1e26; clamped at 10, e^10 − 11. At −61 the
+    clamp gives e^−10 + 9. Values and gradients finite in graph mode."""
+    logp, ref = t([[-61.0, 0.0, -1.0]]), t([[0.0, -61.0, -1.5]])
+    got = FnCell(kl_penalty, estimator="k3")(logp, ref).asnumpy()[0]
+    np.testing.assert_allclose(got, [np.exp(10.0) - 11.0, np.exp(-10.0) + 9.0, np.exp(-0.5) - 0.5], rtol=1e-5)
+    _, grad = GradCell(kl_loss, estimator="k3", loss_agg_mode="token-mean")(logp, ref, t([[1.0, 1.0, 1.0]]))
+    # d k3 / d log π = 1 − exp(log r) inside the clamp, 0 outside it
+    np.testing.assert_allclose(grad.asnumpy(), [[0.0, 0.0, (1.0 - np.exp(-0.5)) / 3]], rtol=1e-5, atol=1e-7)
+
+
+def test_kl_loss_is_the_aggregated_estimate():
+    pynative()
+    mask = t([[1, 1, 1], [1, 1, 0]])
+    for mode in ("token-mean", "seq-mean-token-mean"):
+        want = agg_loss(t(EXPECTED["k3"]), mask, mode).asnumpy()
+        assert kl_loss(t(LOGP), t(REF), mask, "k3", mode).asnumpy() == pytest.approx(want, rel=1e-5)
+    assert kl_loss(t(LOGP), t(REF), mask, "k1").asnumpy() == pytest.approx((D * [[1, 1, 1], [1, 1, 0]]).sum() / 5)
 
 
 def test_k1_and_k3_are_unbiased_for_kl_policy_to_ref():
