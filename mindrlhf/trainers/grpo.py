@@ -31,10 +31,11 @@ from mindspore import nn
 
 from .. import runtime
 from ..algos import agg_loss, entropy_from_logits, get_adv_estimator, get_policy_loss, kl_loss, kl_penalty
+from ..data.batching import bucket_length
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
 from ..generation import generate_batches, generation_config, response_texts
-from ..nn.generate import Generator, bucket
+from ..nn.generate import Generator
 from ..nn.lora import TrainableParams
 from ..plugins import call_scores, function_name
 from ..roles import Policy, adapted_copy, frozen, load_lm
@@ -281,7 +282,7 @@ class GRPOTrainer(Stage):
         while True:
             prompts = [self.prompts[i] for i in self.order.next_batch()]  # global; this rank rolls out its share
             seed = cfg.runtime.seed * 100_003 + it * 1_009 + draw * 7_919
-            width = bucket(max(len(p.input_ids) for p in prompts), self.generator.prompt_bucket)
+            width = bucket_length(max(len(p.input_ids) for p in prompts), self.generator.prompt_bucket)
             part, terms, times = self.rollout(prompts[rt.rank * per_rank:(rt.rank + 1) * per_rank], seed + rt.rank,
                                               width)
             if rt.distributed:  # every rank holds the whole batch, as one process would

@@ -247,7 +247,7 @@ BASE = ["policy=p", "data.prompts=x.jsonl", "reward.functions=[mindrlhf.rewards:
 @pytest.mark.parametrize("extra, key, hint", [
     (["reward.functions=[]"], "reward.functions", "at least one reward function"),
     (["reward.weights=[1.0, 2.0]"], "reward.weights", "2 weights for 1 functions"),
-    (["reward.kwargs={mindrlhf.rewards:format_regex: {pattern: x}}"], "reward.kwargs", "not one of reward.functions"),
+    (["reward.kwargs={mindrlhf.rewards:format_regex: {pattern: x}}"], "reward.kwargs", "not one of functions"),
     (["rollout.group_size=1"], "rollout.group_size", "must be >= 2"),
     (["rollout.temperature=0"], "rollout.temperature", "must be > 0"),
     (["algo.mini_batch_size=24"], "algo.mini_batch_size", "must divide rollout.batch_size × group_size = 128"),
