@@ -1,13 +1,18 @@
 """The whole InstructGPT recipe on a task, in one run folder:
 
     task data ─► tokenizer ─► SFT ─► rankings (K samples from SFT, ranked by the task's labeler, or
-              rankings files people made) ─► reward model ─► PPO ─► report (SFT vs PPO on held-out prompts)
+              rankings files people made) ─► reward model ─► PPO / GRPO / DPO ─► report (each against SFT
+              on held-out prompts)
 
 A task (:mod:`mindrlhf.tasks`, the ``task`` section) is data files plus a labeler and a judge, each an
 optional ``module:function``; ``task.name: builtin`` is the movie world, written into ``out_dir/data``.
 The report's judge-based rows (win rates with bootstrap intervals, the judge's score gain, the reward
 model against the judge) appear when the task has a judge; the reward model's score, the KL to the
 reference, the answer length and the answers side by side always.
+
+``algorithms`` names the RL stages trained side by side on the same SFT model, rankings and reward model
+(``ppo``; ``grpo`` on the reward model; ``dpo`` on the rankings), each in ``out_dir/<name>`` and each a row
+of the report against SFT; ``baselines.oracle`` adds PPO trained on the task's judge itself.
 
 With ``iterate.rounds`` > 1 the comparison data is collected again from the newest policy, as in the
 iterated online RLHF of Bai et al. (2022): each further round ranks K samples of the last PPO policy with
@@ -39,129 +44,26 @@ import time
 from typing import Optional
 
 from . import runtime
-from .config import field, load_config, read_yaml, require, save_config
+from .config import save_config
 from .data.encoding import encode_prompts
 from .data.formats import load_prompts
 from .data.tokenizer import Tokenizer, train_tokenizer
-from .evaluation import compare, EvalConfig
+from .evaluation import compare
 from .io import atomic_write_text
 from .io.gguf import is_gguf
 from .nn.gguf import gguf_to_hf_folder
+from .pipeline_config import PipelineConfig
 from .report import write_report
 from .roles import is_pretrained
-from .runtime import RuntimeConfig
-from .tasks import TASKS, BuiltinConfig, TaskConfig, data_written, load_judge, load_labeler, resolve_task
-from .tasks import write_corpus, write_data
+from .tasks import data_written, load_judge, load_labeler, resolve_task, write_corpus, write_data
 from .trainers.artifacts import load_reward_model
+from .trainers.dpo import train_dpo
+from .trainers.grpo import train_grpo
 from .trainers.ppo import train_ppo
-from .trainers.ppo_config import PPOConfig, PPODataConfig
-from .trainers.rankings import RankingsConfig, sample_rankings
-from .trainers.reward import RMConfig, RMDataConfig, train_rm
-from .trainers.sft import SFTConfig, SFTDataConfig, train_sft
-
-STAGE_CONFIGS = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}
-# Keys of a stage recipe the pipeline sets itself (its folders, the task's files): a recipe's are left out.
-WIRED = {"sft": ("out_dir", "tokenizer", "data.train", "data.eval", "data.chat_template", "runtime"),
-         "rm": ("model", "tokenizer", "out_dir", "data.train", "data.eval", "data.chat_template", "runtime"),
-         "ppo": ("policy", "reference", "reward_model", "tokenizer", "out_dir", "data.prompts", "data.chat_template",
-                 "judge", "judge_kwargs", "runtime")}
-
-
-@dataclasses.dataclass
-class IterateConfig:
-    rounds: int = field(1, "RLHF rounds; each round after the first ranks samples of the last PPO policy, trains a "
-                           "new reward model on all rankings so far and continues PPO from that policy")
-    rm_epochs: float = field(3.0, "reward-model epochs over all rankings so far, in rounds >= 2")
-    ppo_iterations: int = field(0, "PPO iterations of rounds >= 2; 0 = ppo.algo.iterations")
-
-    def validate(self):
-        require(self.rounds >= 1, "rounds", f"must be >= 1 (1 = the plain recipe), got {self.rounds}")
-        require(self.rm_epochs > 0, "rm_epochs", f"must be > 0, got {self.rm_epochs}")
-        require(self.ppo_iterations >= 0, "ppo_iterations", f"must be >= 0, got {self.ppo_iterations}")
-
-
-@dataclasses.dataclass
-class RecipesConfig:
-    """Stage recipes the stage sections start from, read when the config is loaded (then cleared: the
-    sections hold their values, so a run folder's config.yaml needs no recipe files)."""
-
-    sft: str = field("", "a `mindrlhf sft` recipe (YAML) whose values the sft section starts from; relative to "
-                         "the pipeline config's folder. Its folders and data files are the pipeline's own")
-    rm: str = field("", "a `mindrlhf rm` recipe the rm section starts from (as sft)")
-    ppo: str = field("", "a `mindrlhf ppo` recipe the ppo section starts from (as sft)")
-
-
-@dataclasses.dataclass
-class PipelineConfig:
-    out_dir: str = field("runs/pipeline", "run folder holding every stage's output and the report")
-    task: TaskConfig = field(TaskConfig(), "the task: data files, labeler and judge (see mindrlhf/tasks.py)")
-    builtin: BuiltinConfig = field(BuiltinConfig(), "the built-in task's data (task.name: builtin)")
-    recipes: RecipesConfig = field(RecipesConfig(), "stage recipe files the stage sections start from")
-    sft: SFTConfig = field(SFTConfig(
-        out_dir="{out_dir}/sft",
-        data=SFTDataConfig(train="{task.demonstrations}", max_length=96)), "stage 1")
-    rankings: RankingsConfig = field(RankingsConfig(), "comparison data for stage 2")
-    rm: RMConfig = field(RMConfig(
-        model="{out_dir}/sft/model", out_dir="{out_dir}/rm",
-        data=RMDataConfig(train="{out_dir}/data/rankings.jsonl", max_length=96)), "stage 2")
-    ppo: PPOConfig = field(PPOConfig(
-        policy="{out_dir}/sft/model", reward_model="{out_dir}/rm/model", out_dir="{out_dir}/ppo",
-        data=PPODataConfig(prompts="{task.prompts}")), "stage 3")
-    iterate: IterateConfig = field(IterateConfig(), "further rounds of rankings → reward model → PPO")
-    eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and PPO")
-    compare_base: bool = field(False, "also evaluate the untouched sft.model as policy 'base' (pretrained models only)")
-    runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed (used by every stage)")
-    stage_processes: bool = field(True, "run each stage in its own child process, so its compiled graphs and "
-                                        "their memory are gone before the next stage starts (off under msrun)")
-
-    def validate(self):
-        require(not self.compare_base or is_pretrained(self.sft.model), "compare_base",
-                f"sft.model={self.sft.model!r} is a randomly initialised preset; only a pretrained model "
-                "(HuggingFace folder or GGUF) is worth comparing")
-        require(self.iterate.rounds == 1 or bool(self.task.labeler) or self.task.name in TASKS, "iterate.rounds",
-                f"{self.iterate.rounds} rounds: the rounds after the first rank the policy's samples, so set "
-                "task.labeler")
-        for key, data in (("sft.data", self.sft.data), ("rm.data", self.rm.data), ("ppo.data", self.ppo.data)):
-            require(data.chat_template or not self.task.chat_template, f"{key}.chat_template",
-                    "the task decides for every stage: set task.chat_template: false")
-
-    @staticmethod
-    def resolve_includes(data: dict, origin: str) -> dict:
-        """Put each stage recipe named under ``recipes`` beneath its section of the raw config ``data`` (the
-        pipeline's own keys win), less the keys the pipeline wires itself (:data:`WIRED`); a recipe is first
-        checked as a config of its stage, so its errors name its own file and line."""
-        recipes = data.get("recipes")
-        if not isinstance(recipes, dict):
-            return data
-        folder = os.path.dirname(os.path.abspath(origin)) if origin else os.getcwd()
-        for stage, path in recipes.items():
-            if stage not in STAGE_CONFIGS or not isinstance(path, str) or not path:
-                continue  # the config's own checks name a wrong key or type
-            path = os.path.join(folder, path)
-            load_config(STAGE_CONFIGS[stage], path)
-            recipe, _ = read_yaml(path)
-            for key in WIRED[stage]:
-                *parents, leaf = key.split(".")
-                node = recipe
-                for part in parents:
-                    node = node.get(part) if isinstance(node, dict) else None
-                if isinstance(node, dict):
-                    node.pop(leaf, None)
-            section = data.get(stage)
-            data[stage] = _beneath(recipe, section if isinstance(section, dict) else {})
-        data["recipes"] = {}
-        return data
-
-
-def _beneath(base: dict, top: dict) -> dict:
-    """``top`` (kept as the same mapping, so its line numbers stay known) with the keys of ``base`` it lacks."""
-    for key, value in base.items():
-        if key not in top:
-            top[key] = value
-        elif isinstance(value, dict) and isinstance(top[key], dict):
-            _beneath(value, top[key])
-    return top
-
+from .trainers.ppo_config import PPOConfig
+from .trainers.rankings import sample_rankings
+from .trainers.reward import RMConfig, train_rm
+from .trainers.sft import train_sft
 
 def _filled(value, values: dict):
     """``value`` with every ``{name}`` of ``values`` replaced in its strings (lists, mappings and dataclasses
@@ -187,7 +89,8 @@ def _base_folder(spec: str, directory: str) -> str:
     return directory if is_gguf(spec) else spec
 
 
-PRODUCTS = ("data", "base", "sft", "rm", "ppo", "config.yaml", "report.md", "summary.json", "answers.jsonl")
+PRODUCTS = ("data", "base", "sft", "rm", "ppo", "grpo", "dpo", "oracle", "config.yaml", "report.md", "summary.json",
+            "answers.jsonl")
 
 
 def _remove_products(out: str) -> None:
@@ -234,7 +137,7 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
     load_labeler(task)  # a wrong function name stops the run here, before any training
     judge = load_judge(task)
     _filled(cfg, {f"task.{key}": getattr(task, key) for key in ("demonstrations", "prompts", "heldout_prompts")})
-    for stage in (cfg.sft, cfg.rm, cfg.ppo):
+    for stage in (cfg.sft, cfg.rm, cfg.ppo, cfg.grpo, cfg.dpo):
         stage.runtime, stage.data.chat_template = cfg.runtime, task.chat_template
     if not cfg.ppo.judge:  # PPO logs the judge's score of its rollouts (never trained on)
         cfg.ppo.judge, cfg.ppo.judge_kwargs = task.judge, dict(task.judge_kwargs)
@@ -276,7 +179,7 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
         return _call(iso, sample_rankings, policy_dir, task.prompts, out_file, task.labeler, dict(task.labeler_kwargs),
                      seed=seed, chat_template=task.chat_template, runtime_cfg=cfg.runtime, **cfg.rankings.sampling())
 
-    def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:
+    def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:  # round ``name`` of PPO
 
         if not _done(os.path.join(rm_cfg.out_dir, "model")):
             timed(f"rm{name}", lambda: _call(iso, train_rm, rm_cfg, resume=_resume_from(rm_cfg.out_dir), overwrite=True))
@@ -288,18 +191,30 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
             _concatenate(task.rankings, cfg.rm.data.train)
         else:
             timed("rankings", lambda: rank(sft_model, cfg.rm.data.train, cfg.runtime.seed))
-    train("", cfg.rm, cfg.ppo)
-    rounds, rankings_files = [(cfg.rm, cfg.ppo)], [cfg.rm.data.train]
-    for r in range(2, cfg.iterate.rounds + 1):
-        folder = os.path.join(out, f"round{r}")
-        rankings_files.append(os.path.join(folder, "rankings.jsonl"))
-        if not os.path.isfile(rankings_files[-1]):
-            last_policy = os.path.join(rounds[-1][1].out_dir, "model")
-            timed(f"rankings{r}", lambda: rank(last_policy, rankings_files[-1], cfg.runtime.seed + r - 1))
-        rounds.append(_next_round(cfg, rounds[-1][1], folder))
-        _concatenate(rankings_files, rounds[-1][0].data.train)
-        train(str(r), *rounds[-1])
-    rm_dir = os.path.join(rounds[-1][0].out_dir, "model")
+    others = {"grpo": (train_grpo, cfg.grpo), "dpo": (train_dpo, cfg.dpo)}
+    if cfg.baselines.oracle:
+        others["oracle"] = (train_ppo, _oracle(cfg, task, out))
+    rounds, rankings_files = [], [cfg.rm.data.train]
+    if not _done(os.path.join(cfg.rm.out_dir, "model")):
+        timed("rm", lambda: _call(iso, train_rm, cfg.rm, resume=_resume_from(cfg.rm.out_dir), overwrite=True))
+    for name in cfg.algorithms + (["oracle"] if cfg.baselines.oracle else []):
+        if name != "ppo":
+            fn, stage_cfg = others[name]
+            if not _done(os.path.join(stage_cfg.out_dir, "model")):
+                timed(name, lambda: _call(iso, fn, stage_cfg, resume=_resume_from(stage_cfg.out_dir), overwrite=True))
+            continue
+        rounds.append((cfg.rm, cfg.ppo))
+        train("", cfg.rm, cfg.ppo)
+        for r in range(2, cfg.iterate.rounds + 1):
+            folder = os.path.join(out, f"round{r}")
+            rankings_files.append(os.path.join(folder, "rankings.jsonl"))
+            if not os.path.isfile(rankings_files[-1]):
+                last_policy = os.path.join(rounds[-1][1].out_dir, "model")
+                timed(f"rankings{r}", lambda: rank(last_policy, rankings_files[-1], cfg.runtime.seed + r - 1))
+            rounds.append(_next_round(cfg, rounds[-1][1], folder))
+            _concatenate(rankings_files, rounds[-1][0].data.train)
+            train(str(r), *rounds[-1])
+    rm_dir = os.path.join((rounds[-1][0] if rounds else cfg.rm).out_dir, "model")
 
     def evaluate():
 
@@ -307,21 +222,36 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
         tok = Tokenizer.load(sft_model)
         prompts = encode_prompts(load_prompts(task.heldout_prompts), tok, cfg.ppo.data.max_prompt_length,
                                  skip_invalid=True, chat_template=task.chat_template)
-        policies = {"sft": sft_model, **{f"ppo_round{i}": os.path.join(p.out_dir, "model")
-                                         for i, (_, p) in enumerate(rounds[:-1], 1)},
-                    "ppo": os.path.join(rounds[-1][1].out_dir, "model")}
+        trained = {name: os.path.join(others[name][1].out_dir, "model") for name in others}
+        if rounds:
+            trained.update({f"ppo_round{i}": os.path.join(p.out_dir, "model") for i, (_, p) in enumerate(rounds[:-1], 1)})
+            trained["ppo"] = os.path.join(rounds[-1][1].out_dir, "model")
+        order = [n for a in cfg.algorithms for n in ([f"ppo_round{i}" for i in range(1, len(rounds))] + [a]
+                                                      if a == "ppo" else [a])] + ["oracle"]
+        policies = {"sft": sft_model, **{n: trained[n] for n in order if n in trained}}
         if cfg.compare_base:
             policies = {"base": _base_folder(cfg.sft.model, os.path.join(out, "base")), **policies}
         return compare(policies, sft_model, load_reward_model(rm_dir), prompts, cfg.eval, judge, baseline="sft")
 
     summary, answers = timed("eval", evaluate)
+    stage_folders = [cfg.sft, *(c for pair in rounds for c in pair)] if rounds else [cfg.sft, cfg.rm]
+    stage_folders += [c for name, (_, c) in others.items() if name in cfg.algorithms or name == "oracle"]
 
-    summary["stage_seconds"] = times
+    summary["stage_seconds"], summary["headline"] = times, cfg.algorithms[0]
     path = write_report(out, summary, answers, cfg.eval.samples_in_report,
-                        [os.path.relpath(c.out_dir, out) for c in (cfg.sft, *(c for pair in rounds for c in pair))])
+                        [os.path.relpath(c.out_dir, out) for c in stage_folders])
     atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
     print(f"[pipeline] report: {path}")
     return summary
+
+
+def _oracle(cfg: PipelineConfig, task, out: str) -> PPOConfig:
+    """The ppo section with the task's judge as its whole reward (the critic still starts from the reward model)."""
+    oracle = copy.deepcopy(cfg.ppo)
+    oracle.out_dir = os.path.join(out, "oracle")
+    oracle.reward.functions, oracle.reward.weights = [task.judge], []
+    oracle.reward.kwargs = {task.judge: dict(task.judge_kwargs)} if task.judge_kwargs else {}
+    return oracle
 
 
 def _next_round(cfg: PipelineConfig, last_ppo: PPOConfig, folder: str) -> tuple:

@@ -23,7 +23,7 @@ LAYERS = {
     "roles": 4, "generation": 4,
     "trainers": 5,
     "evaluation": 6, "report": 6, "scoring": 6,
-    "pipeline": 7, "cli": 7, "launch": 7, "msrun_entry": 7,
+    "pipeline": 7, "pipeline_config": 7, "cli": 7, "launch": 7, "msrun_entry": 7,
 }
 # Packages at the floor import nothing else of mindrlhf: io is plain file formats, algos plain math.
 FLOOR = ("io", "algos")

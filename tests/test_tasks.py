@@ -15,7 +15,7 @@ from mindrlhf.config import ConfigError, load_config
 from mindrlhf.data.builtin import Labeler, load_world, write_builtin_task
 from mindrlhf.data.builtin.functions import judge, rank
 from mindrlhf.data.builtin.task import prompt_text, sample_prompts
-from mindrlhf.pipeline import WIRED, PipelineConfig
+from mindrlhf.pipeline_config import WIRED, PipelineConfig
 from mindrlhf.plugins import PluginError
 from mindrlhf.tasks import TASKS, TaskConfig, load_judge, load_labeler, make_rankings, resolve_task, write_corpus
 from mindrlhf.trainers.ppo_config import PPOConfig

@@ -183,12 +183,13 @@ class GRPOTrainer(Stage):
         rw = cfg.reward  # every reward function is imported before a model is loaded: a typo fails at once
         self.functions = rw.load("reward")
         records = load_prompts(cfg.data.prompts, cfg.data.skip_invalid)
-        self.prompts = encode_prompts(records, self.tokenizer, cfg.data.max_prompt_length, cfg.data.skip_invalid)
+        self.prompts = encode_prompts(records, self.tokenizer, cfg.data.max_prompt_length, cfg.data.skip_invalid,
+                                      cfg.data.chat_template)
         self.heldout = []
         if cfg.data.heldout:
             held = load_prompts(cfg.data.heldout, cfg.data.skip_invalid)
             self.heldout = encode_prompts(held, self.tokenizer, cfg.data.max_prompt_length,
-                                          cfg.data.skip_invalid)[: cfg.data.eval_prompts]
+                                          cfg.data.skip_invalid, cfg.data.chat_template)[: cfg.data.eval_prompts]
         self.order = DataOrder(len(self.prompts), cfg.rollout.batch_size, cfg.runtime.seed)
 
         self.actor, self.reference = group_roles(cfg, self.tokenizer.vocab_size)

@@ -29,6 +29,7 @@ class GRPODataConfig:
     eval_prompts: int = field(64, "held-out prompts used per evaluation (the first N)")
     max_prompt_length: int = field(48, "longest prompt in tokens; longer prompts are errors (or skipped)")
     skip_invalid: bool = field(False, "skip malformed or too-long prompts (counted) instead of stopping")
+    chat_template: bool = field(True, "prompts through the tokenizer's chat template; false = plain continuation")
 
     def validate(self):
         require(bool(self.prompts), "prompts", "set the prompts file, e.g. data.prompts=prompts.jsonl")

@@ -71,7 +71,7 @@ def test_shelf_below_three_is_refused():
 
 def test_pipeline_config_names_a_bad_shelf(tmp_path):
     from mindrlhf.config import ConfigError, load_config
-    from mindrlhf.pipeline import PipelineConfig
+    from mindrlhf.pipeline_config import PipelineConfig
 
     cfg = tmp_path / "p.yaml"
     cfg.write_text("builtin:\n  shelf: 2\n")

@@ -14,7 +14,8 @@ import pytest
 from mindrlhf.trainers.metrics import read_metrics
 
 from mindrlhf.config import load_config
-from mindrlhf.pipeline import PipelineConfig, run_pipeline
+from mindrlhf.pipeline import run_pipeline
+from mindrlhf.pipeline_config import PipelineConfig
 from mindrlhf.trainers.ppo_config import PPOConfig
 
 SHORT = [
