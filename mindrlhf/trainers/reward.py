@@ -28,7 +28,7 @@ from ..algos import pairwise_accuracy, ranking_loss
 from ..config import field, require
 from ..data.batching import ranking_batch
 from ..data.encoding import encode_rankings
-from ..data.formats import load_rankings
+from ..data.formats import DataError, load_rankings
 from ..data.tokenizer import Tokenizer
 from ..nn.lora import LoRAConfig, TrainableParams
 from ..roles import RewardModel, load_lm
@@ -162,6 +162,40 @@ def ranking_stats(rewards: np.ndarray, k_mask: np.ndarray, margin: float = 0.0) 
             "prompts": int(len(rewards)), "pairs": int(sum(n * (n - 1) // 2 for n in valid.sum(1)))}
 
 
+def labeler_agreement(rewards: np.ndarray, true_scores: np.ndarray, k_mask: np.ndarray) -> dict:
+    """The reward model against the labeler's noise-free scores, from rewards, true_scores and k_mask [N, K]
+    (each row's responses best first by the noisy ranking the model trained on).
+
+    A pair of responses counts 1 when the reward model orders it as the true scores do, 0 when not (a tie
+    of the reward model is wrong, as in ``accuracy``), and ½ when the true scores tie (either order is the
+    labeler's). Means per prompt, then over prompts, as ``accuracy``:
+
+    labeler_accuracy          every pair
+    labeler_accuracy_decisive the pairs whose true scores differ (prompts without one drop out)
+    noisy_ranking_accuracy    how often the noisy ranking itself orders those pairs right: the labeler's
+                              noise, the ceiling that ``accuracy`` is measured against
+    """
+    every, decisive, noisy, n_decisive = [], [], [], 0
+    for r, t, keep in zip(rewards, true_scores, k_mask > 0):
+        r, t = r[keep].astype(np.float64), t[keep].astype(np.float64)
+        i, j = np.triu_indices(len(r), 1)  # slot i is ranked above slot j
+        if not len(i):
+            continue
+        true_order, model_order = np.sign(t[i] - t[j]), np.sign(r[i] - r[j])
+        hit = np.where(true_order == 0, 0.5, (model_order == true_order).astype(np.float64))
+        every.append(hit.mean())
+        differ = true_order != 0
+        if differ.any():
+            decisive.append(hit[differ].mean())
+            noisy.append(np.mean(true_order[differ] > 0))
+            n_decisive += int(differ.sum())
+    nan = float("nan")
+    return {"labeler_accuracy": float(np.mean(every)) if every else nan,
+            "labeler_accuracy_decisive": float(np.mean(decisive)) if decisive else nan,
+            "noisy_ranking_accuracy": float(np.mean(noisy)) if noisy else nan,
+            "labeler_decisive_pairs": n_decisive}
+
+
 # ------------------------------------------------------------------------------------ training
 
 
@@ -230,20 +264,34 @@ def _train_accuracy(auxes) -> dict:
 
 
 def evaluate_rm(model_dir: str, rankings_file: str, batch_size: int = 16, max_length: int = 0,
-                write: bool = False, chat_template: bool = True, runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
-    """Accuracy, mean margin and reward moments of the reward model in ``model_dir`` on ``rankings_file``.
-    The model folder is left as it is unless ``write``: then the stats replace its ``rm_stats.json``, the
-    mean and std PPO normalises scores with. ``max_length`` 0 = the model's context; ``chat_template``
-    as the model was trained (its ``data.chat_template``)."""
+                write: bool = False, chat_template: bool = True, runtime_cfg: Optional[RuntimeConfig] = None,
+                against_labeler: bool = False) -> dict:
+    """Accuracy, mean margin and reward moments of the reward model in ``model_dir`` on ``rankings_file``;
+    with ``against_labeler`` also :func:`labeler_agreement` with the file's ``true_scores`` (every line must
+    have them: ``mindrlhf data rankings --scorer``). The model folder is left as it is unless ``write``: then
+    the stats replace its ``rm_stats.json``, the mean and std PPO normalises scores with. ``max_length``
+    0 = the model's context; ``chat_template`` as the model was trained (its ``data.chat_template``)."""
+    rankings = load_rankings(rankings_file)
+    if against_labeler:
+        missing = [r.where for r in rankings if r.true_scores is None]
+        if missing:
+            raise DataError(f"{missing[0]}: no 'true_scores' ({len(missing)} of {len(rankings)} lines lack them); "
+                            "--against-labeler needs the labeler's noise-free scores: make the file with "
+                            "`mindrlhf data rankings --scorer MODULE:FUNCTION`")
     if runtime_cfg is not None:
         runtime.setup(runtime_cfg)
     reward_model = load_reward_model(model_dir)
     tokenizer = Tokenizer.load(model_dir)
     max_length = max_length or reward_model.trunk.config.max_position_embeddings
-    records = encode_rankings_file(rankings_file, tokenizer, max_length, chat_template=chat_template)
+    records = encode_rankings(rankings, tokenizer, max_length, chat_template=chat_template)  # one per line
     k = max(len(r.sequences) for r in records)
     rewards, k_mask = score_rankings(reward_model, records, tokenizer.pad_id, k, batch_size, 32, max_length)
     stats = dict(ranking_stats(rewards, k_mask), reference=os.path.abspath(rankings_file))
+    if against_labeler:
+        true_scores = np.zeros_like(rewards, np.float64)
+        for row, r in zip(true_scores, rankings):
+            row[: len(r.true_scores)] = r.true_scores
+        stats.update(labeler_agreement(rewards, true_scores, k_mask))
     if write:
         write_stats(stats, model_dir)
     return stats
