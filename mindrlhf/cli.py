@@ -168,7 +168,7 @@ def _data_rankings(args) -> int:
 def _eval_rm(args) -> int:
     s = evaluate_rm(args.model, args.data, batch_size=args.batch_size, write=args.write_stats,
                     chat_template=not args.no_chat_template, runtime_cfg=RuntimeConfig(),
-                    against_labeler=args.against_labeler)
+                    against_labeler=args.against_labeler, ensemble_k=args.ensemble_k)
     where = f" → {os.path.join(args.model, 'rm_stats.json')}" if args.write_stats else ""
     print(f"[eval rm] accuracy={s['accuracy']:.4f} mean_margin={s['mean_margin']:.4f} "
           f"reward_mean={s['reward_mean']:.4f} reward_std={s['reward_std']:.4f} "
@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--against-labeler", action="store_true",
                     help="also the accuracy against the labeler's noise-free scores (the file's true_scores, "
                     "written by `data rankings --scorer`): every pair, and the pairs whose scores differ")
+    er.add_argument("--ensemble-k", type=float, default=None, metavar="K",
+                    help="a reward-model ensemble scored mean − K·std in place of its stored k (0 = the mean)")
     er.set_defaults(func=_eval_rm)
 
     _tool_parser(sub, "generate", GenerateConfig, _generate,
