@@ -245,8 +245,8 @@ def labeler_agreement(rewards: np.ndarray, true_scores: np.ndarray, k_mask: np.n
 
     labeler_accuracy          every pair
     labeler_accuracy_decisive the pairs whose true scores differ (prompts without one drop out)
-    noisy_ranking_accuracy    how often the noisy ranking itself orders those pairs right: the labeler's
-                              noise, the ceiling that ``accuracy`` is measured against
+    noisy_ranking_accuracy    how often the noisy ranking (the model's training target) orders those pairs
+                              as the true scores do: how much of the truth the labeler's noise leaves
     """
     every, decisive, noisy, n_decisive = [], [], [], 0
     for r, t, keep in zip(rewards, true_scores, k_mask > 0):
