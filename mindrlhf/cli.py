@@ -159,7 +159,7 @@ def _data_rankings(args) -> int:
         return 0
     s = sample_rankings(cfg.policy, cfg.prompts, cfg.out, cfg.labeler, cfg.labeler_kwargs, seed=cfg.seed,
                         chat_template=cfg.chat_template, runtime_cfg=RuntimeConfig(device=cfg.device, seed=cfg.seed),
-                        **cfg.sampling())
+                        scorer=cfg.scorer, scorer_kwargs=cfg.scorer_kwargs, **cfg.sampling())
     print(f"[data] {s['rankings']} rankings of K={cfg.k} → {cfg.out} ({s['dropped']} prompts dropped for fewer "
           f"than 2 distinct responses)")
     return 0
@@ -167,11 +167,17 @@ def _data_rankings(args) -> int:
 
 def _eval_rm(args) -> int:
     s = evaluate_rm(args.model, args.data, batch_size=args.batch_size, write=args.write_stats,
-                    chat_template=not args.no_chat_template, runtime_cfg=RuntimeConfig())
+                    chat_template=not args.no_chat_template, runtime_cfg=RuntimeConfig(),
+                    against_labeler=args.against_labeler, ensemble_k=args.ensemble_k)
     where = f" → {os.path.join(args.model, 'rm_stats.json')}" if args.write_stats else ""
     print(f"[eval rm] accuracy={s['accuracy']:.4f} mean_margin={s['mean_margin']:.4f} "
           f"reward_mean={s['reward_mean']:.4f} reward_std={s['reward_std']:.4f} "
           f"({s['pairs']} pairs over {s['prompts']} prompts){where}")
+    if args.against_labeler:
+        print(f"[eval rm] against the labeler's noise-free scores: labeler_accuracy={s['labeler_accuracy']:.4f} "
+              f"(every pair, tied scores ½), labeler_accuracy_decisive={s['labeler_accuracy_decisive']:.4f} "
+              f"({s['labeler_decisive_pairs']} pairs whose scores differ); the noisy ranking orders "
+              f"{s['noisy_ranking_accuracy']:.4f} of those right")
     return 0
 
 
@@ -286,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "stats (its reward mean and std normalise PPO's scores); without it the folder is left as it is")
     er.add_argument("--no-chat-template", action="store_true",
                     help="plain continuation, for a reward model trained with data.chat_template=false")
+    er.add_argument("--against-labeler", action="store_true",
+                    help="also the accuracy against the labeler's noise-free scores (the file's true_scores, "
+                    "written by `data rankings --scorer`): every pair, and the pairs whose scores differ")
+    er.add_argument("--ensemble-k", type=float, default=None, metavar="K",
+                    help="a reward-model ensemble scored mean − K·std in place of its stored k (0 = the mean)")
     er.set_defaults(func=_eval_rm)
 
     _tool_parser(sub, "generate", GenerateConfig, _generate,

@@ -13,11 +13,15 @@ held-out prompts leave a win rate uncertain by about ±0.1). With a judge at han
 judged too (:func:`reward_model_agreement`): on the evaluated answers, how often it orders two answers to the
 same prompt as the judge does. The trainer's held-out accuracy is on noisy rankings of the policies that
 made its training data; this is on the answers of the policies being compared.
+
+Besides trained policies, :func:`compare` takes :class:`BestOfN` specs: best-of-n sampling from a policy
+with the reward model as the selector, the baseline every RLHF comparison needs (Stiennon et al. 2020).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence
+import math
+from typing import List, Optional, Sequence, Union
 
 import mindspore as ms
 import numpy as np
@@ -71,6 +75,25 @@ class _SequenceLogprob(nn.Cell):
         return (logprobs * response_mask).sum(-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class BestOfN:
+    """A policy for :func:`compare`: ``n`` answers per prompt sampled from the policy folder ``policy`` at the
+    evaluation's temperature, and the one the reward model scores highest kept. It samples under every
+    decoding: its answers are drawn once and stand in each decoding's table. Its KL to the reference is
+    the analytic log n − (n−1)/n of best-of-n from the reference (Stiennon et al. 2020; an upper bound,
+    Beirami et al. 2024), exact only when ``policy`` is the reference."""
+
+    policy: str
+    n: int
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"BestOfN: n={self.n}; expected >= 1 answers per prompt")
+
+    def kl_to_ref(self) -> float:
+        return math.log(self.n) - (self.n - 1) / self.n
+
+
 @dataclasses.dataclass
 class PolicyAnswers:
     name: str
@@ -79,6 +102,7 @@ class PolicyAnswers:
     rm_scores: np.ndarray  # [n_prompts]
     kl_to_ref: np.ndarray  # [n_prompts]
     judge_scores: Optional[np.ndarray] = None  # [n_prompts], float64 (tasks with a judge)
+    chosen_by_rm: bool = False  # the reward model picked these answers (best-of-n)
 
     def summary(self) -> dict:
         out = {"rm_score": float(self.rm_scores.mean()), "kl_to_ref": float(self.kl_to_ref.mean()),
@@ -103,25 +127,48 @@ class Evaluator:
     def answer(self, policy_dir: str, prompts: Sequence, decoding: str, name: str = "", seed: int = 0) -> PolicyAnswers:
         """Answers of the policy in ``policy_dir``, scored by the reward model, the reference and the judge.
         The batch of prompts ``i ..`` samples with seed ``seed + i``."""
+        self._load(policy_dir)
+        config = generation_config(self.tokenizer, self.cfg.max_new_tokens, do_sample=decoding == "sample",
+                                   temperature=self.cfg.temperature, seed=seed)
+        texts, rm, kl = self._generate(prompts, config, self.cfg.batch_size)
+        return PolicyAnswers(name or policy_dir, [p.text for p in prompts], texts, rm, kl,
+                             self._verdicts(prompts, texts))
+
+    def best_of_n(self, spec: BestOfN, prompts: Sequence, name: str = "", seed: int = 0) -> PolicyAnswers:
+        """:class:`BestOfN`'s answers: ``spec.n`` samples per prompt (calls of ``batch_size // n`` prompts, call
+        ``i`` seeded ``seed + i · prompts per call``), the reward model's favourite kept (the first on a tie)."""
+        self._load(spec.policy)
+        config = generation_config(self.tokenizer, self.cfg.max_new_tokens, do_sample=True,
+                                   temperature=self.cfg.temperature, seed=seed)
+        texts, rm, _ = self._generate(prompts, config, max(1, self.cfg.batch_size // spec.n), spec.n)
+        best = np.argmax(rm.reshape(len(prompts), spec.n), axis=1) + spec.n * np.arange(len(prompts))
+        texts = [texts[i] for i in best]
+        return PolicyAnswers(name or f"best_of_{spec.n}", [p.text for p in prompts], texts, rm[best],
+                             np.full(len(prompts), spec.kl_to_ref()), self._verdicts(prompts, texts), chosen_by_rm=True)
+
+    def _load(self, policy_dir: str) -> None:
         _, tensors = load_hf_folder(policy_dir)
         self.lm.assign_weights(tensors, source=policy_dir)
-        cfg, tok = self.cfg, self.tokenizer
-        config = generation_config(tok, cfg.max_new_tokens, do_sample=decoding == "sample",
-                                   temperature=cfg.temperature, seed=seed)
+
+    def _generate(self, prompts: Sequence, config, batch_prompts: int, samples: int = 1) -> tuple:
+        """(texts, reward-model scores, KL to the reference) per answer; prompt p's ``samples`` answers are rows
+        p·samples .. p·samples + samples − 1. The KL pass runs only for one answer per prompt (else None)."""
         texts, rm, kl = [], [], []
-        for gen in generate_batches(self.generator, [p.input_ids for p in prompts], config, cfg.batch_size,
-                                    seed_stride=cfg.batch_size):
+        for gen in generate_batches(self.generator, [p.input_ids for p in prompts], config, batch_prompts,
+                                    samples_per_prompt=samples, seed_stride=batch_prompts):
             ids, mask, response_mask, last = assemble(gen)
             args = (ms.Tensor(ids), ms.Tensor(mask))
             rm.append(self.reward_model(*args, ms.Tensor(last)).asnumpy())
-            own, ref = self.own(*args, ms.Tensor(response_mask)), self.ref(*args, ms.Tensor(response_mask))
-            kl.append(own.asnumpy() - ref.asnumpy())
-            texts += [t.strip() for t in response_texts(tok, gen)]
-        verdicts = None
-        if self.judge is not None:
-            verdicts = self.judge([p.text for p in prompts], texts, prompt_columns([p.meta for p in prompts]))
-        return PolicyAnswers(name or policy_dir, [p.text for p in prompts], texts, np.concatenate(rm),
-                             np.concatenate(kl), verdicts)
+            if samples == 1:
+                own, ref = self.own(*args, ms.Tensor(response_mask)), self.ref(*args, ms.Tensor(response_mask))
+                kl.append(own.asnumpy() - ref.asnumpy())
+            texts += [t.strip() for t in response_texts(self.tokenizer, gen)]
+        return texts, np.concatenate(rm), np.concatenate(kl) if kl else None
+
+    def _verdicts(self, prompts: Sequence, texts: list) -> Optional[np.ndarray]:
+        if self.judge is None:
+            return None
+        return self.judge([p.text for p in prompts], texts, prompt_columns([p.meta for p in prompts]))
 
 
 def _prompt_wins(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -190,17 +237,26 @@ def reward_model_agreement(group: Sequence[PolicyAnswers]) -> dict:
 
 def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence, cfg: EvalConfig,
             judge=None, baseline: str = "") -> tuple[dict, dict]:
-    """Answer ``prompts`` with each policy (name → folder) under each decoding.
+    """Answer ``prompts`` with each policy (name → folder, or a :class:`BestOfN` spec) under each decoding.
 
     Returns (summary[decoding][policy] → metrics, answers[decoding] → list of PolicyAnswers); with a
     judge, the :func:`head_to_head` figures against ``baseline`` and
-    ``summary["reward_model_vs_judge"][decoding]`` (:func:`reward_model_agreement`).
+    ``summary["reward_model_vs_judge"][decoding]`` (:func:`reward_model_agreement`, on the answers of the
+    policies the reward model did not pick: its own picks would flatter it).
     """
     evaluator = Evaluator(reference_dir, reward_model, cfg, judge)
     prompts = list(prompts)[: cfg.max_prompts or None]
-    summary, answers = {}, {}
+    summary, answers, picked = {}, {}, {}
+
+    def answer(name: str, policy: Union[str, BestOfN], decoding: str) -> PolicyAnswers:
+        if not isinstance(policy, BestOfN):
+            return evaluator.answer(policy, prompts, decoding, name)
+        if name not in picked:  # sampled whatever the decoding: drawn once
+            picked[name] = evaluator.best_of_n(policy, prompts, name)
+        return picked[name]
+
     for decoding in cfg.decodings:
-        answers[decoding] = [evaluator.answer(d, prompts, decoding, name) for name, d in policies.items()]
+        answers[decoding] = [answer(name, policy, decoding) for name, policy in policies.items()]
         summary[decoding] = {a.name: a.summary() for a in answers[decoding]}
         base = next((a for a in answers[decoding] if a.name == baseline), None)
         if base is not None and judge is not None:
@@ -209,5 +265,6 @@ def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence,
                     for key, value in head_to_head(a.judge_scores, base.judge_scores).items():
                         summary[decoding][a.name][f"{key}_vs_{base.name}"] = value
         if judge is not None:
-            summary.setdefault("reward_model_vs_judge", {})[decoding] = reward_model_agreement(answers[decoding])
+            summary.setdefault("reward_model_vs_judge", {})[decoding] = reward_model_agreement(
+                [a for a in answers[decoding] if not a.chosen_by_rm])
     return summary, answers

@@ -156,6 +156,18 @@ def call_scores(fn: Callable, spec: str, prompts: Sequence[str], responses: Sequ
     return scores
 
 
+def load_scorer(spec: str, key: str, kwargs: Optional[Mapping] = None, what: str = "judge",
+                dtype=np.float64) -> Callable:
+    """``score(prompts, responses, columns) -> dtype [n]``: the function named ``spec`` (``kwargs`` bound,
+    imported now: a typo is a ConfigError naming ``key``) called through :func:`call_scores`."""
+    fn = load_function(spec, key, kwargs)
+
+    def score(prompts: Sequence[str], responses: Sequence[str], columns=None) -> np.ndarray:
+        return call_scores(fn, spec, prompts, responses, columns, what=what, dtype=dtype)
+
+    return score
+
+
 def _short(text: str, limit: int = 60) -> str:
     text = repr(text)
     return text if len(text) <= limit else text[: limit - 4] + "...'"

@@ -1,13 +1,15 @@
-"""The pipeline's report: a Markdown page with the held-out comparison, plots and answers side by side."""
+"""The pipeline's report: a Markdown page with the held-out comparison, plots and answers side by side, and
+:func:`plot_overoptimisation`, the judge's and the reward model's score of an RL run's rollouts against √KL."""
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import List, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .io import atomic_write_text
+from .io import atomic_write, atomic_write_text
 from .trainers.metrics import plot_metrics, read_metrics
 
 PPO_CURVES = ["score", "judge_score", "kl", "kl_coef", "reward", "entropy", "clipfrac", "approx_kl",
@@ -41,6 +43,85 @@ def _bar_plot(summary: dict, answers: list, path: str) -> str:
     return path
 
 
+# What plot_overoptimisation draws against √KL: metric → label (Gao et al.'s gold and proxy reward models)
+OVEROPTIMISATION = {"judge_score": "judge (gold)", "rm_score": "reward model (proxy)"}
+
+
+def overoptimisation_points(metrics_file: str) -> Optional[dict]:
+    """What :func:`plot_overoptimisation` draws for one run: ``{"sqrt_kl": [n], key: [n] for each score of
+    OVEROPTIMISATION the run logged}`` over its n iterations that logged ``response_kl`` (the mean over
+    rollouts of Σ_t KL_t, an estimate: read as 0 below 0), each score as its change from the first of them.
+    None without response_kl or a score."""
+    rows = [r for r in read_metrics(metrics_file) if isinstance(r.get("response_kl"), (int, float))]
+    keys = [k for k in OVEROPTIMISATION if rows and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    if not keys:
+        return None
+    points = {"sqrt_kl": np.sqrt(np.maximum([r["response_kl"] for r in rows], 0.0))}
+    for key in keys:
+        y = np.array([r[key] for r in rows], np.float64)
+        points[key] = y - y[0]
+    return points
+
+
+def plot_overoptimisation(runs: Mapping[str, str], png_path: str) -> Optional[str]:
+    """The picture of Gao et al. (2023), one panel per run (``runs``: name → its metrics.jsonl, PPO or GRPO): the
+    judge's and the reward model's mean score of each iteration's rollouts (``judge_score``, ``rm_score``)
+    against √KL to the reference (:func:`overoptimisation_points`). Where the reward model's score keeps rising
+    while the judge's stalls or falls, the policy is exploiting the reward model rather than getting better.
+
+    The judge's change since the first iteration is on the left axis, the reward model's on the right (their
+    units differ): a dot per iteration, and a line through the running means over an eighth of the run.
+    Returns ``png_path``, or None when no run logged response_kl and a score.
+    """
+    panels = [(name, points) for name, points in ((n, overoptimisation_points(p)) for n, p in runs.items()) if points]
+    if not panels:
+        return None
+    import matplotlib  # optional plotting dependency, imported only when a plot is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # optional plotting dependency (see above)
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
+    for ax, (name, points) in zip(axes[0], panels):
+        x = points["sqrt_kl"]
+        window = max(1, math.ceil(len(x) / 8))
+        lines = []
+        for i, key in enumerate(k for k in OVEROPTIMISATION if k in points):
+            axis = ax if i == 0 else ax.twinx()
+            color = ("#c0392b", "#2471a3")[list(OVEROPTIMISATION).index(key)]
+            axis.scatter(x, points[key], s=8, alpha=0.35, color=color)
+            lines += axis.plot(_running_mean(x, window), _running_mean(points[key], window), color=color,
+                               label=OVEROPTIMISATION[key])
+            axis.set_ylabel(f"Δ {OVEROPTIMISATION[key]}", fontsize=8, color=color)
+            axis.tick_params(labelsize=7)
+        ax.set_xlabel("√KL to the reference (√nats)", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")
+    fig.tight_layout()
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+    return png_path
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each value with up to ``window`` − 1 values before it."""
+    total = np.cumsum(np.concatenate([[0.0], values]))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (total[ends] - total[starts]) / (ends - starts)
+
+
+def _overoptimisation_lines(out_dir: str, stage: str) -> List[str]:
+    png = "report_overoptimisation_" + stage.replace("/", "_") + ".png"
+    metrics = os.path.join(out_dir, stage, "metrics.jsonl")
+    if plot_overoptimisation({stage: metrics}, os.path.join(out_dir, png)) is None:
+        return []
+    return ["Over-optimisation (Gao et al. 2023): the judge's and the reward model's score of the rollouts against "
+            "√KL to the reference, as changes from the first iteration. Where the reward model's keeps rising and "
+            "the judge's does not, the policy is exploiting the reward model.", "", f"![over-optimisation]({png})", ""]
+
+
 def _stage_section(out_dir: str, stage: str) -> List[str]:
     head, name = os.path.split(stage)
     title = (head.replace("round", "Round ") + ": " if head else "") + name.upper() + " training"
@@ -57,9 +138,9 @@ def _stage_section(out_dir: str, stage: str) -> List[str]:
         window = "iteration" if span == 1 else f"{span} iterations"
         return [f"## {title}", "",
                 f"{len(rows)} logged iterations; means of the first and last {window}: " + "; ".join(trends) + ".",
-                "", f"![{stage}]({png})", ""]
+                "", f"![{stage}]({png})", ""] + _overoptimisation_lines(out_dir, stage)
     if os.path.isfile(os.path.join(out_dir, stage, "metrics.png")):
-        return [f"## {title}", "", f"![{stage}]({stage}/metrics.png)", ""]
+        return [f"## {title}", "", f"![{stage}]({stage}/metrics.png)", ""] + _overoptimisation_lines(out_dir, stage)
     return []
 
 

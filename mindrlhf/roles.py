@@ -77,17 +77,37 @@ def gather_last(values, last_index):
 class RewardModel(nn.Cell):
     """LM trunk + scalar head read at the last real token: ``r(x, y)``.
 
-    construct(input_ids [B, T], attention_mask [B, T], last_index [B]) → rewards [B] (fp32).
+    With ``ensemble_size`` M > 1 the head has M outputs, the members r_1 .. r_M of an ensemble on the one
+    trunk, and the reward is the conservative ``r = mean_m r_m − k · std_m r_m`` (population std over the
+    members), which punishes answers the members disagree on (Coste et al. 2024, reward-model ensembles
+    against over-optimisation).
+
+    construct(input_ids [B, T], attention_mask [B, T], last_index [B]) → rewards [B] (fp32);
+    member_scores(...) → [B, M] (for M = 1, the reward as a column).
     """
 
-    def __init__(self, trunk: CausalLM):
+    def __init__(self, trunk: CausalLM, ensemble_size: int = 1, k: float = 1.0):
         super().__init__()
         self.trunk = trunk
-        self.head = ScalarHead(trunk.config.hidden_size)
+        self.ensemble_size, self.k = int(ensemble_size), float(k)
+        self.head = ScalarHead(trunk.config.hidden_size, outputs=self.ensemble_size)
 
     def construct(self, input_ids, attention_mask, last_index):
-        hidden = self.trunk.hidden_states(input_ids, attention_mask)
-        return gather_last(self.head(hidden), last_index)
+        if self.ensemble_size == 1:
+            hidden = self.trunk.hidden_states(input_ids, attention_mask)
+            return gather_last(self.head(hidden), last_index)
+        members = self.member_scores(input_ids, attention_mask, last_index)
+        mean = members.mean(-1)
+        std = ops.sqrt(((members - mean.expand_dims(-1)) ** 2).mean(-1))
+        return mean - self.k * std
+
+    def member_scores(self, input_ids, attention_mask, last_index):
+        """Each member's score [B, M] at the last real token."""
+        values = self.head(self.trunk.hidden_states(input_ids, attention_mask))  # [B, T] or [B, T, M]
+        if self.ensemble_size == 1:
+            return gather_last(values, last_index).expand_dims(-1)
+        index = last_index.astype(ms.int32).reshape(-1, 1, 1).broadcast_to((values.shape[0], 1, self.ensemble_size))
+        return ops.gather_elements(values, 1, index).squeeze(1)
 
 
 class Critic(nn.Cell):
@@ -162,7 +182,8 @@ def ppo_roles(policy: str, vocab_size: int, reward_model: RewardModel, critic_fr
     else:
         trunk = CausalLM.from_pretrained(critic_from) if critic_from else load_lm(policy, vocab_size)
     critic = Critic(trunk)
-    if critic_from:
+    if critic_from:  # an ensemble's heads averaged: the head of the members' mean score
         for name in ("weight", "bias"):
-            getattr(critic.head, name).set_data(ms.Tensor(getattr(reward_model.head, name).asnumpy()))
+            value = getattr(reward_model.head, name).asnumpy()  # weight [hidden, M], bias [M]
+            getattr(critic.head, name).set_data(ms.Tensor(value.mean(axis=-1, keepdims=True)))
     return Policy(actor_lm), frozen(Policy(reference_lm)), critic

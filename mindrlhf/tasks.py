@@ -36,7 +36,7 @@ from mindrlhf.config import field, require
 from mindrlhf.data.builtin.task import write_builtin_task
 from mindrlhf.data.formats import load_demonstrations, load_prompts
 from mindrlhf.io import atomic_write_text
-from mindrlhf.plugins import call_rankings, call_scores, load_function, prompt_columns
+from mindrlhf.plugins import call_rankings, load_function, load_scorer, prompt_columns
 
 
 @dataclasses.dataclass
@@ -168,25 +168,20 @@ def load_labeler(task: TaskConfig) -> Optional[Callable]:
 
 def load_judge(task: TaskConfig) -> Optional[Callable]:
     """``judge(prompts, responses, columns) -> float64 [n]``, checked (None without a judge)."""
-    if not task.judge:
-        return None
-    fn = load_function(task.judge, "task.judge", task.judge_kwargs)
-
-    def judge(prompts: Sequence[str], responses: Sequence[str], columns=None) -> np.ndarray:
-        return call_scores(fn, task.judge, prompts, responses, columns, what="judge", dtype=np.float64)
-
-    return judge
+    return load_scorer(task.judge, "task.judge", task.judge_kwargs) if task.judge else None
 
 
 def make_rankings(prompts: Sequence[str], responses_per_prompt: Sequence[Sequence[str]], labeler: Callable,
                   spec: str, rng: np.random.Generator, noise: float = 0.5,
-                  metas: Optional[Sequence[dict]] = None) -> List[dict]:
+                  metas: Optional[Sequence[dict]] = None, scorer: Optional[Callable] = None) -> List[dict]:
     """Ranking records ``{"prompt", "responses", "ranking"}`` (ranking best first) by the ``labeler``
     (the function named ``spec``), called once on every prompt that carries a preference.
 
     Blank responses (a policy that emitted EOS at once) are dropped, since the ranking format rejects them;
     a prompt left with fewer than 2 distinct responses is skipped. ``metas``: each prompt's other fields,
-    passed to the labeler as columns.
+    passed to the labeler as columns. ``scorer(prompts, responses, columns) -> [n]`` (:func:`load_scorer`):
+    each response's score without the labeler's noise, added as ``"true_scores"`` (in the order of
+    ``responses``) for ``mindrlhf eval rm --against-labeler``; it draws nothing from ``rng``.
     """
     if len(prompts) != len(responses_per_prompt):
         raise ValueError(f"make_rankings: {len(prompts)} prompts but {len(responses_per_prompt)} response lists")
@@ -201,4 +196,11 @@ def make_rankings(prompts: Sequence[str], responses_per_prompt: Sequence[Sequenc
         return []
     chosen = [prompts[i] for i in keep]
     rankings = call_rankings(labeler, spec, chosen, kept, rng, noise, prompt_columns([metas[i] for i in keep]))
-    return [{"prompt": p, "responses": r, "ranking": order} for p, r, order in zip(chosen, kept, rankings)]
+    records = [{"prompt": p, "responses": r, "ranking": order} for p, r, order in zip(chosen, kept, rankings)]
+    if scorer is not None:
+        rows = [(p, y, metas[i]) for i, p, r in zip(keep, chosen, kept) for y in r]
+        scores = scorer([p for p, _, _ in rows], [y for _, y, _ in rows], prompt_columns([m for _, _, m in rows]))
+        ends = np.cumsum([len(r) for r in kept])
+        for record, part in zip(records, np.split(np.asarray(scores, np.float64), ends[:-1])):
+            record["true_scores"] = [float(s) for s in part]
+    return records

@@ -27,7 +27,7 @@ from mindrlhf.algos.ppo_losses import (
     POLICY_LOSSES, get_policy_loss, policy_loss_clip, policy_loss_clip_higher, policy_loss_dual_clip,
     policy_loss_gspo, policy_loss_kl_penalty, register_policy_loss, value_loss,
 )
-from mindrlhf.algos.ranking import pairwise_accuracy, ranking_loss
+from mindrlhf.algos.ranking import pairwise_accuracy, prompt_ranking_losses, ranking_loss
 from mindrlhf.algos.registry import Registry
 from mindrlhf.algos.rewards import last_token_mask, token_level_rewards
 
@@ -49,7 +49,7 @@ __all__ = [
     "policy_loss_clip", "policy_loss_kl_penalty", "policy_loss_clip_higher", "policy_loss_dual_clip",
     "policy_loss_gspo", "POLICY_LOSSES", "register_policy_loss", "get_policy_loss",
     "value_loss",
-    "ranking_loss", "pairwise_accuracy",
+    "ranking_loss", "prompt_ranking_losses", "pairwise_accuracy",
     "dpo_loss", "dpo_sigmoid", "dpo_ipo", "dpo_hinge", "dpo_simpo", "DPO_LOSSES", "register_dpo_loss", "get_dpo_loss",
     "is_reference_free",
     "Registry",

@@ -22,10 +22,15 @@ def _pairs(rewards, k_mask):
     return diff, pair_mask
 
 
-def _mean_over_pairs_then_prompts(pair_values, pair_mask):
+def _mean_over_pairs(pair_values, pair_mask):
+    """(each prompt's mean over its valid pairs [P] (0 without one), 1 where a prompt has a pair [P])."""
     pairs_per_prompt = ops.reduce_sum(pair_mask, (1, 2))  # [P], C(K_p, 2)
     per_prompt = ops.reduce_sum(pair_values * pair_mask, (1, 2)) / ops.maximum(pairs_per_prompt, 1.0)
-    has_pairs = (pairs_per_prompt > 0).astype(per_prompt.dtype)  # prompts with < 2 responses drop out
+    return per_prompt, (pairs_per_prompt > 0).astype(per_prompt.dtype)
+
+
+def _mean_over_pairs_then_prompts(pair_values, pair_mask):
+    per_prompt, has_pairs = _mean_over_pairs(pair_values, pair_mask)  # prompts with < 2 responses drop out
     return ops.reduce_sum(per_prompt * has_pairs) / ops.maximum(ops.reduce_sum(has_pairs), 1.0)
 
 
@@ -44,6 +49,16 @@ def ranking_loss(rewards, k_mask, margin=0.0):
     """
     diff, pair_mask = _pairs(rewards, k_mask)
     return _mean_over_pairs_then_prompts(ops.softplus(-(diff - margin)), pair_mask)
+
+
+def prompt_ranking_losses(rewards, k_mask, margin=0.0):
+    """ℓ_p = 1/C(K_p,2) · Σ_{i<j valid} −log σ(r_i − r_j − margin) for each prompt: the terms whose mean is
+    :func:`ranking_loss`, for losses that weight prompts (a bootstrap resample's counts).
+
+    rewards, k_mask: [P, K] as in :func:`ranking_loss` → [P]; 0 for a prompt with fewer than 2 responses.
+    """
+    diff, pair_mask = _pairs(rewards, k_mask)
+    return _mean_over_pairs(ops.softplus(-(diff - margin)), pair_mask)[0]
 
 
 def pairwise_accuracy(rewards, k_mask):

@@ -12,6 +12,10 @@ Rankings (reward model, DPO): K >= 2 responses to one prompt and their order, be
     {"prompt": "...", "responses": ["r0", "r1", "r2"], "ranking": [2, 0, 1]}   # r2 best, r1 worst
     {"prompt": "...", "chosen": "...", "rejected": "..."}                       # the K=2 shorthand
 
+A ranking line may also carry ``"true_scores"``, one number per response in the order of ``responses`` (or
+``[chosen, rejected]``): the labeler's scores without its noise, written by ``mindrlhf data rankings
+--scorer`` and read by ``mindrlhf eval rm --against-labeler``; training ignores them.
+
 Prompts (PPO/GRPO rollouts, evaluation); extra keys are kept as ``meta``::
 
     {"prompt": "...", "genre": "comedy"}
@@ -25,9 +29,10 @@ Paths ending in ``.mindrecord`` are read through :mod:`mindrlhf.data.mindrecord`
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, List, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 from mindrlhf.data.mindrecord import iter_mindrecord, write_mindrecord
 from mindrlhf.io import iter_jsonl
@@ -72,11 +77,13 @@ class Demonstration:
 
 @dataclass(frozen=True)
 class Ranking:
-    """K >= 2 responses to one prompt, ordered best first (``responses[0]`` is preferred to all others)."""
+    """K >= 2 responses to one prompt, ordered best first (``responses[0]`` is preferred to all others);
+    ``true_scores``, when the line has them, in the same order."""
 
     prompt: str
     responses: Tuple[str, ...]
     where: str = field(default="", compare=False)
+    true_scores: Optional[Tuple[float, ...]] = None
 
     @property
     def chosen(self) -> str:
@@ -156,7 +163,7 @@ def parse_ranking(obj: dict, where: str = "") -> Ranking:
         pair = (_text(obj, "chosen"), _text(obj, "rejected"))
         if pair[0] == pair[1]:
             raise _Bad("'chosen' and 'rejected' are the same text; a preference needs two different answers")
-        return Ranking(prompt, pair, where)
+        return Ranking(prompt, pair, where, _true_scores(obj, 2))
     if "responses" not in obj:
         raise _Bad("expected 'responses' and 'ranking', or the pairwise 'chosen' and 'rejected'; "
                    f"found keys {sorted(obj)}")
@@ -179,7 +186,20 @@ def parse_ranking(obj: dict, where: str = "") -> Ranking:
             or sorted(ranking) != list(range(k))):
         raise _Bad(f"field 'ranking': {_short(ranking)} is not a permutation of 0..{k - 1} "
                    f"(indices into the {k} responses, best first)")
-    return Ranking(prompt, tuple(responses[i] for i in ranking), where)
+    scores = _true_scores(obj, k)
+    return Ranking(prompt, tuple(responses[i] for i in ranking), where,
+                   None if scores is None else tuple(scores[i] for i in ranking))
+
+
+def _true_scores(obj: dict, k: int) -> Optional[Tuple[float, ...]]:
+    """The line's optional ``true_scores``: one finite number per response, in the line's order."""
+    if "true_scores" not in obj:
+        return None
+    scores = obj["true_scores"]
+    if (not isinstance(scores, list) or len(scores) != k
+            or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) for s in scores)):
+        raise _Bad(f"field 'true_scores': {_short(scores)} is not a list of {k} finite numbers (one per response)")
+    return tuple(float(s) for s in scores)
 
 
 def parse_prompt(obj: dict, where: str = "") -> PromptRecord:
@@ -248,8 +268,11 @@ def to_json(record) -> dict:
             return {"prompt": record.prompt, "response": record.response}
         return {"messages": list(record.prompt) + [{"role": "assistant", "content": record.response}]}
     if isinstance(record, Ranking):
-        return {"prompt": record.prompt, "responses": list(record.responses),
-                "ranking": list(range(len(record.responses)))}
+        out = {"prompt": record.prompt, "responses": list(record.responses),
+               "ranking": list(range(len(record.responses)))}
+        if record.true_scores is not None:
+            out["true_scores"] = list(record.true_scores)
+        return out
     if isinstance(record, PromptRecord):
         return {"prompt": record.prompt, **record.meta}
     if isinstance(record, dict):

@@ -35,6 +35,7 @@ class Experience:
     rewards: np.ndarray  # [B, N] −β·kl_t, plus the score on the last token
     advantages: np.ndarray  # [B, N] GAE advantages (whitened if configured)
     returns: np.ndarray  # [B, N] advantages + values (before whitening): the critic's targets
+    rm_scores: np.ndarray  # [B] the reward model's score (= raw_scores unless reward functions replace it)
 
     def __len__(self) -> int:
         return len(self.input_ids)

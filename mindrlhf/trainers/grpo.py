@@ -16,7 +16,10 @@ One iteration (Shao et al. 2024; Yu et al. 2025):
 
 No critic. The reference is a frozen copy of the policy, or with LoRA the actor's own base (adapters off),
 or absent when ``algo.kl_coef`` is 0. Metrics follow TRL's names: reward, reward_std, rewards/NAME,
-frac_reward_zero_std, completion_length, clipped_ratio, kl, clip_ratio, entropy.
+frac_reward_zero_std, completion_length, clipped_ratio, kl (per token), clip_ratio, entropy; and, as PPO
+logs them, response_kl (the mean over answers of Σ_t KL_t; 0 without a reference), rm_score (the reward
+model's raw score) and judge_score (the ``judge``'s, for the log only), which the report draws against
+√KL (Gao et al. 2023).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from ..data.formats import load_prompts
 from ..generation import generate_batches, generation_config, response_texts
 from ..nn.generate import Generator
 from ..nn.lora import TrainableParams
-from ..plugins import call_scores, function_name
+from ..plugins import call_scores, function_name, load_scorer
 from ..roles import Policy, adapted_copy, frozen, load_lm
 from .artifacts import export_model, load_reward_model, read_stats, resolve_tokenizer
 from .experience import assemble, gather_experience
@@ -171,6 +174,12 @@ def group_roles(cfg: GRPOConfig, vocab: int) -> tuple[Policy, Optional[Policy]]:
     return Policy(actor_lm), frozen(Policy(reference_lm))
 
 
+def _columns(prompts, repeat: int) -> dict:
+    """The prompts' other fields as columns, each prompt's values ``repeat`` times in a row."""
+    return {k: [p.meta.get(k) for p in prompts for _ in range(repeat)]
+            for k in sorted({k for p in prompts for k in p.meta})}
+
+
 class GRPOTrainer(Stage):
     """The policy, its reference and reward terms, the compiled passes and the optimizer; a step is one iteration."""
 
@@ -182,6 +191,7 @@ class GRPOTrainer(Stage):
         self.tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.policy)
         rw = cfg.reward  # every reward function is imported before a model is loaded: a typo fails at once
         self.functions = rw.load("reward")
+        self.judge = load_scorer(cfg.judge, "judge", cfg.judge_kwargs) if cfg.judge else None
         records = load_prompts(cfg.data.prompts, cfg.data.skip_invalid)
         self.prompts = encode_prompts(records, self.tokenizer, cfg.data.max_prompt_length, cfg.data.skip_invalid,
                                       cfg.data.chat_template)
@@ -226,7 +236,8 @@ class GRPOTrainer(Stage):
 
     # ------------------------------------------------------------------ 1–2: rollout and rewards
     def rollout(self, prompts, seed: int, prompt_len: int = 0) -> tuple[GroupBatch, dict, dict]:
-        """G answers to each of ``prompts``, scored; returns the batch, each reward term's scores and timings."""
+        """G answers to each of ``prompts``, scored; returns the batch, the scores to log per answer (each reward
+        term's, ``rewards/NAME``; the reward model's raw ``rm_score``; the judge's ``judge_score``) and timings."""
         g, n = self.cfg.rollout.group_size, self.cfg.rollout.max_new_tokens
         t0 = time.perf_counter()
         gen = self.generator.generate([p.input_ids for p in prompts for _ in range(g)],
@@ -243,6 +254,11 @@ class GRPOTrainer(Stage):
         rm = scored.pop(0) if self.reward_model is not None else None
         texts = [self.tokenizer.decode(r[m > 0]) for r, m in zip(gen.response_ids, response_mask)]
         scores, terms = self.reward(prompts, g, texts, rm)
+        if rm is not None:
+            terms["rm_score"] = rm.astype(np.float64)
+        if self.judge is not None:
+            prompt_texts = [p.text for p in prompts for _ in range(g)]
+            terms["judge_score"] = self.judge(prompt_texts, texts, _columns(prompts, g))
         a = self.cfg.algo
         scores = scores + overlong_penalty(response_mask.sum(1), n, a.overlong_buffer, a.overlong_penalty)
         batch = GroupBatch(ids, mask, response_mask, old.astype(np.float32), ref.astype(np.float32),
@@ -259,9 +275,7 @@ class GRPOTrainer(Stage):
     def reward(self, prompts, repeat: int, texts, rm_scores=None) -> tuple[np.ndarray, dict]:
         """Σ_k w_k·f_k(prompts, texts, **columns) (+ w·the normalised reward-model score) for texts answering each
         of ``prompts`` ``repeat`` times in a row; also each term's scores as ``{"rewards/NAME": [R]}``."""
-        prompt_texts = [p.text for p in prompts for _ in range(repeat)]
-        columns = {k: [p.meta.get(k) for p in prompts for _ in range(repeat)]
-                   for k in sorted({k for p in prompts for k in p.meta})}
+        prompt_texts, columns = [p.text for p in prompts for _ in range(repeat)], _columns(prompts, repeat)
         total, terms = np.zeros(len(texts), np.float32), {}
         for spec, fn, weight in self.functions:
             terms[f"rewards/{function_name(spec)}"] = s = call_scores(fn, spec, prompt_texts, texts, columns)
@@ -356,6 +370,7 @@ class GRPOTrainer(Stage):
             ms.Tensor(batch.response_mask)))
         batch.advantages = advantages
         metrics["kl"] = float((kl * batch.response_mask).sum() / max(batch.response_mask.sum(), 1.0))
+        metrics["response_kl"] = float((kl * batch.response_mask).sum(1).mean())
         t0 = time.perf_counter()
         metrics.update(self.update(batch, self.cfg.runtime.seed * 100_003 + it * 1_009))
         metrics["time_train"] = time.perf_counter() - t0

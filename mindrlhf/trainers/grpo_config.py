@@ -137,6 +137,9 @@ class GRPOConfig:
     data: GRPODataConfig = field(GRPODataConfig(), "prompts")
     rollout: GroupRolloutConfig = field(GroupRolloutConfig(), "group sampling")
     reward: RewardConfig = field(RewardConfig(), "what an answer scores: a weighted sum of functions and a reward model")
+    judge: str = field("", "module:function (or file.py:function) scoring rollouts for the log only (metric "
+                           "judge_score), never trained on: judge(prompts, responses, **columns) -> list of floats")
+    judge_kwargs: dict = field({}, "fixed keyword arguments of the judge")
     algo: GRPOAlgoConfig = field(GRPOAlgoConfig(), "the algorithm")
     optim: OptimConfig = field(OptimConfig(lr=1e-4, warmup_steps=5, schedule="constant"), "policy AdamW")
     lora: LoRAConfig = field(LoRAConfig(enabled=False), "LoRA actor (off unless lora.enabled=true): the reference is "
@@ -150,6 +153,7 @@ class GRPOConfig:
 
     def validate(self):
         require(bool(self.policy), "policy", "set the starting policy, e.g. policy=runs/sft/model")
+        require(not self.judge_kwargs or bool(self.judge), "judge_kwargs", "given without a judge")
         rows = self.rollout.batch_size * self.rollout.group_size
         require(rows % self.algo.mini_batch_size == 0, "algo.mini_batch_size",
                 f"{self.algo.mini_batch_size} must divide rollout.batch_size × group_size = {rows}")

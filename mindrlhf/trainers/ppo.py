@@ -178,6 +178,7 @@ class PPOTrainer(Stage):
             ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.tokenizer.pad_id)
             mask, last_index = np.pad(mask, ((0, 0), (pad, 0))), last_index + pad
         *old_lp, ref_lp, values, raw = self._score(ids, mask, last_index)
+        rm_scores = raw
         if self.text_reward is not None:
             texts = self._texts(gen.response_ids, response_mask)
             scores = self.text_reward([p.text for p in prompts], texts, prompt_columns([p.meta for p in prompts]))
@@ -188,7 +189,8 @@ class PPOTrainer(Stage):
             ms.Tensor(old_lp), ms.Tensor(ref_lp), ms.Tensor(values), ms.Tensor(scores), ms.Tensor(response_mask),
             ms.Tensor(self.kl_ctl.kl_coef, ms.float32)))
         t2 = time.perf_counter()
-        exp = Experience(ids, mask, response_mask, old_lp, ref_lp, values, scores, raw, kl, rewards, adv, ret)
+        exp = Experience(ids, mask, response_mask, old_lp, ref_lp, values, scores, raw, kl, rewards, adv, ret,
+                         rm_scores)
         return exp, {"time_generate": t1 - t0, "time_score": t2 - t1}
 
     def _score(self, ids, mask, last_index) -> list:
@@ -200,11 +202,18 @@ class PPOTrainer(Stage):
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def experience_stats(self, exp: Experience, prompts, times: dict) -> dict:
-        """Rollout metrics of ``exp`` (the prompts' batch); ``times`` as :meth:`rollout` returns them."""
+        """Rollout metrics of ``exp`` (the prompts' batch); ``times`` as :meth:`rollout` returns them.
+
+        ``score`` is what PPO optimised (the reward model's, or the reward functions'), ``rm_score`` the
+        reward model's in either case, ``kl`` (also as ``response_kl``, the name GRPO logs it by) the mean
+        over rollouts of Σ_t KL_t, and ``judge_score`` the judge's: with them the report draws the judge's
+        and the reward model's scores against √KL (Gao et al. 2023)."""
         lengths = exp.response_mask.sum(1)
         response_ids = exp.input_ids[:, -exp.response_mask.shape[1]:]
-        stats = {"score": float(exp.raw_scores.mean()), "reward": float(exp.rewards.sum(1).mean()),
-                 "kl": float(exp.kl.sum(1).mean()), "kl_coef": self.kl_ctl.kl_coef,
+        kl = float(exp.kl.sum(1).mean())
+        stats = {"score": float(exp.raw_scores.mean()), "rm_score": float(exp.rm_scores.mean()),
+                 "reward": float(exp.rewards.sum(1).mean()), "kl": kl, "response_kl": kl,
+                 "kl_coef": self.kl_ctl.kl_coef,
                  "response_len": float(lengths.mean()), "eos_rate": float(self._has_eos(response_ids).mean()),
                  "explained_var": explained_variance(exp.values, exp.returns, exp.response_mask),
                  **times, "gen_tok_per_s": float(lengths.sum() / max(times["time_generate"], 1e-9))}

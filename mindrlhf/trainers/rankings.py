@@ -6,7 +6,10 @@ prompt sit in the same generation batch (rows p·K .. p·K+K−1) and differ by 
 draws its own). The labeler is a function named ``module:function`` (the contract: :mod:`mindrlhf.tasks`);
 it sees the prompt and response texts and the prompts file's other fields. ``noise`` reaches it with a
 seeded numpy Generator: the built-in labeler adds Gaussian noise of that standard deviation to each score
-before sorting, standing in for disagreement among human labelers.
+before sorting, standing in for disagreement among human labelers. With a ``scorer`` (a function of the
+judge contract giving each answer's score without that noise, e.g. the task's judge when it is the
+labeler's score) each line also keeps ``true_scores``, which ``mindrlhf eval rm --against-labeler``
+measures a reward model against.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from ..io import write_jsonl
 from ..generation import generate_batches, generation_config, response_texts
 from ..nn import CausalLM
 from ..nn.generate import Generator
-from ..plugins import load_function
+from ..plugins import load_function, load_scorer
 from ..runtime import DEVICES, RuntimeConfig
 from ..tasks import make_rankings
 
@@ -68,6 +71,10 @@ class RankingsCommandConfig(RankingsConfig):
     labeler: str = field("", "module:function (or file.py:function) ranking K answers; the contract is in "
                              "mindrlhf/tasks.py")
     labeler_kwargs: dict = field({}, "fixed keyword arguments of the labeler, e.g. {lexicon: words.json}")
+    scorer: str = field("", "module:function (or file.py:function) scoring each answer without the labeler's noise "
+                            "(the judge contract; a task whose judge is its labeler's score names its judge): "
+                            "written as each line's true_scores, for `eval rm --against-labeler`; empty = none")
+    scorer_kwargs: dict = field({}, "fixed keyword arguments of the scorer")
     chat_template: bool = field(True, "prompts through the tokenizer's chat template (off: plain continuation)")
     seed: int = field(0, "seed of the sampling and the labeler's noise")
     device: str = field("CPU", "device target: CPU, GPU or Ascend")
@@ -79,21 +86,25 @@ class RankingsCommandConfig(RankingsConfig):
             require(bool(getattr(self, key)), key, f"required, e.g. --{key} {example}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
+        require(not self.scorer_kwargs or bool(self.scorer), "scorer_kwargs", "given without a scorer")
 
 
 def sample_rankings(policy_dir: str, prompts_file: str, out: str, labeler: str, labeler_kwargs: Optional[dict] = None,
                     k: int = 4, noise: float = 0.5, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
                     max_new_tokens: int = 48, batch_prompts: int = 16, max_prompts: int = 0, prompt_bucket: int = 16,
-                    chat_template: bool = True, runtime_cfg: Optional[RuntimeConfig] = None) -> dict:
+                    chat_template: bool = True, runtime_cfg: Optional[RuntimeConfig] = None, scorer: str = "",
+                    scorer_kwargs: Optional[dict] = None) -> dict:
     """Sample ``k`` responses per prompt from the policy in ``policy_dir`` (an SFT output folder), rank
     them with ``labeler`` (``module:function``, with ``labeler_kwargs`` bound; its rng is seeded with
-    ``[seed, 1]``), and write the rankings to ``out``. Returns a summary: prompts, rankings written, prompts
-    dropped (fewer than 2 distinct non-empty responses), prompts skipped as too long."""
+    ``[seed, 1]``), and write the rankings to ``out``; with ``scorer`` (``module:function``, the judge
+    contract) each line keeps its responses' noise-free ``true_scores``. Returns a summary: prompts, rankings
+    written, prompts dropped (fewer than 2 distinct non-empty responses), prompts skipped as too long."""
     if k < 2:
         raise ValueError(f"sample_rankings: k={k}; a ranking needs at least 2 responses per prompt")
     if noise < 0:
         raise ValueError(f"sample_rankings: noise={noise}; the labeler's noise is a standard deviation, >= 0")
     rank = load_function(labeler, "labeler", labeler_kwargs)  # a typo fails before the model is loaded
+    true_scores = load_scorer(scorer, "scorer", scorer_kwargs, what="scorer") if scorer else None
     runtime.setup(runtime_cfg or RuntimeConfig(seed=seed))
     tokenizer = Tokenizer.load(policy_dir)
     model = CausalLM.from_pretrained(policy_dir)
@@ -111,7 +122,7 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, labeler: str, 
         texts = [t.strip() for t in response_texts(tokenizer, gen)]
         responses += [texts[i : i + k] for i in range(0, len(texts), k)]
     rankings = make_rankings([p.text for p in encoded], responses, rank, labeler, np.random.default_rng([seed, 1]),
-                             noise, [p.meta for p in encoded])
+                             noise, [p.meta for p in encoded], true_scores)
     write_jsonl(out, rankings)  # the pipeline takes an existing file as a done stage
     return {"prompts": len(encoded), "rankings": len(rankings), "dropped": len(encoded) - len(rankings),
             "skipped_prompts": encoded.skipped, "out": out}

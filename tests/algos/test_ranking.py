@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mindrlhf.algos import pairwise_accuracy, ranking_loss
+from mindrlhf.algos import pairwise_accuracy, prompt_ranking_losses, ranking_loss
 
 from .cells import FnCell, GradCell, pynative, t
 
@@ -51,6 +51,18 @@ def test_ranking_loss_mixed_batch_with_padding():
     assert got == pytest.approx(LOSS_MIXED, rel=1e-5)
     pynative()
     assert ranking_loss(t(MIXED_REWARDS), t(MIXED_MASK)).asnumpy() == pytest.approx(LOSS_MIXED, rel=1e-5)
+
+
+def test_prompt_ranking_losses_are_the_terms_of_the_mean():
+    # each prompt's own mean pair loss; the one-response prompt has none: 0
+    expected = [LOSS_K4, LOSS_K3, LOSS_K2, 0.0]
+    got = FnCell(prompt_ranking_losses)(t(MIXED_REWARDS), t(MIXED_MASK)).asnumpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    pynative()
+    np.testing.assert_allclose(prompt_ranking_losses(t(MIXED_REWARDS), t(MIXED_MASK)).asnumpy(), expected, rtol=1e-5)
+    # with a margin: −log σ(2 − 1 − 0.5)
+    got = prompt_ranking_losses(t([[2.0, 1.0]]), t([[1.0, 1.0]]), margin=0.5).asnumpy()
+    np.testing.assert_allclose(got, [neg_log_sigmoid(0.5)], rtol=1e-5)
 
 
 def test_pairwise_accuracy():

@@ -106,6 +106,10 @@ def test_grpo_raises_a_reward_it_can_learn(run):
                 "entropy", "approx_kl", "grad_norm", "lr", "pg_loss"):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert rows[0]["rewards/chars"] == pytest.approx(rows[0]["reward"], abs=1e-6)  # one function, weight 1
+    # the KL of whole answers: Σ_t KL_t per answer, averaged = the per-token kl × the mean answer length
+    for r in rows:
+        assert r["response_kl"] == pytest.approx(r["kl"] * r["completion_length"], rel=1e-4, abs=1e-7)
+    assert "judge_score" not in rows[0] and "rm_score" not in rows[0]  # no judge, no reward model
     assert os.path.isfile(out / "model" / "config.json") and os.path.isfile(out / "model" / "mindrlhf_config.yaml")
 
 
@@ -186,7 +190,7 @@ def test_a_reward_model_folder_as_the_reward_and_log_probs_recomputed_below_temp
     export_reward_model(reward_model, tok, RMConfig(), str(tmp_path / "rm"))
     write_stats({"reward_mean": 0.5, "reward_std": 2.0}, str(tmp_path / "rm"))
     trainer = GRPOTrainer(grpo_config(world, tmp_path / "run", "reward.functions=[]", f"reward.model={tmp_path / 'rm'}",
-                                      "rollout.temperature=0.8"))
+                                      "rollout.temperature=0.8", "judge=grpo_test_rewards:chars"))
     assert trainer.scoring.with_actor and trainer.scoring.with_reference and trainer.scoring.with_reward_model
     batch, terms, _ = trainer.rollout([trainer.prompts[i] for i in range(B)], seed=9)
     valid = batch.response_mask > 0
@@ -196,6 +200,13 @@ def test_a_reward_model_folder_as_the_reward_and_log_probs_recomputed_below_temp
     assert np.ptp(raw) > 1e-3
     np.testing.assert_allclose(batch.scores, (raw - 0.5) / 2.0, atol=1e-5)
     np.testing.assert_array_equal(terms["rewards/model"], batch.scores)
+    # logged, not trained on: the reward model's raw score and the judge's (here the chars function)
+    np.testing.assert_allclose(terms["rm_score"], raw, atol=1e-5)
+    texts = [trainer.tokenizer.decode(a[m > 0]) for a, m in zip(batch.input_ids[:, -N:], batch.response_mask)]
+    np.testing.assert_allclose(terms["judge_score"], [len(t) / 40 for t in texts], atol=1e-9)
+    stats = trainer.rollout_stats(batch, terms, {"time_generate": 1.0})
+    assert stats["judge_score"] == pytest.approx(np.mean([len(t) / 40 for t in texts]))
+    assert stats["rm_score"] == pytest.approx(float(raw.mean()), abs=1e-5)
 
 
 # ------------------------------------------------------------------ a wrong reward function stops the run

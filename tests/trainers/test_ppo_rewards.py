@@ -37,6 +37,12 @@ def test_a_reward_function_of_the_text_replaces_the_reward_models_score(world, t
     np.testing.assert_allclose(exp.raw_scores, [len(t) / 100 for t in texts], atol=1e-6)
     np.testing.assert_allclose(exp.scores, exp.raw_scores)  # rm_stats ignored; no EOS penalty in this config
     assert stats["score"] == pytest.approx(float(np.mean(exp.raw_scores)), abs=1e-6)
+    # the reward model still scored the rollouts, for the log (rm_score)
+    responses, mask = exp.input_ids[:, -N:], exp.response_mask
+    hits = (np.isin(responses, target_ids(world[1].vocab_size)) * mask).sum(1) / np.maximum(mask.sum(1), 1)
+    np.testing.assert_allclose(exp.rm_scores, hits, atol=1e-6)
+    assert stats["rm_score"] == pytest.approx(float(hits.mean()), abs=1e-6)
+    assert stats["response_kl"] == stats["kl"] == pytest.approx(float(exp.kl.sum(1).mean()))
 
 
 JUDGE = "mindrlhf.data.builtin.functions:judge"

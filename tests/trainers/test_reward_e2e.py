@@ -123,8 +123,15 @@ def test_data_rankings_samples_k_responses_and_ranks_them_with_the_labeler(task,
     for r in rankings:  # noise 0: best first by the labeler's score
         scores = [labeler.score(r.prompt, y) for y in r.responses]
         assert scores == sorted(scores, reverse=True)
+        assert r.true_scores is None
     assert main(args) == 0  # same seed, same file
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
     # one prompt width for every batch (one compiled graph), smaller batches: the same prompts, ranked
     assert main(args + ["--prompt-bucket", "64", "--batch-prompts", "4"]) == 0
     assert [r.prompt for r in load_rankings(str(out))] == [r.prompt for r in rankings]
+    # with the judge as scorer each line keeps the noise-free scores of its responses; nothing else changes
+    assert main(args + ["--scorer", "mindrlhf.data.builtin.functions:judge",
+                        "--scorer-kwargs", f"{{world: {paths['world.json']}}}"]) == 0
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [{k: v for k, v in x.items() if k != "true_scores"} for x in scored] == lines
+    assert all(x["true_scores"] == [labeler.score(x["prompt"], y) for y in x["responses"]] for x in scored)
