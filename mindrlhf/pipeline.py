@@ -48,7 +48,7 @@ from .config import save_config
 from .data.encoding import encode_prompts
 from .data.formats import load_prompts
 from .data.tokenizer import Tokenizer, train_tokenizer
-from .evaluation import compare
+from .evaluation import BestOfN, compare
 from .io import atomic_write_text
 from .io.gguf import is_gguf
 from .nn.gguf import gguf_to_hf_folder
@@ -139,8 +139,9 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
     _filled(cfg, {f"task.{key}": getattr(task, key) for key in ("demonstrations", "prompts", "heldout_prompts")})
     for stage in (cfg.sft, cfg.rm, cfg.ppo, cfg.grpo, cfg.dpo):
         stage.runtime, stage.data.chat_template = cfg.runtime, task.chat_template
-    if not cfg.ppo.judge:  # PPO logs the judge's score of its rollouts (never trained on)
-        cfg.ppo.judge, cfg.ppo.judge_kwargs = task.judge, dict(task.judge_kwargs)
+    for stage in (cfg.ppo, cfg.grpo):  # PPO and GRPO log the judge's score of their rollouts (never trained on)
+        if not stage.judge:
+            stage.judge, stage.judge_kwargs = task.judge, dict(task.judge_kwargs)
     own_tokenizer = is_pretrained(cfg.sft.model)
     tokenizer_dir = os.path.join(data_dir, "tokenizer")
     if not cfg.sft.tokenizer and not own_tokenizer:
@@ -177,7 +178,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
     def rank(policy_dir: str, out_file: str, seed: int):
 
         return _call(iso, sample_rankings, policy_dir, task.prompts, out_file, task.labeler, dict(task.labeler_kwargs),
-                     seed=seed, chat_template=task.chat_template, runtime_cfg=cfg.runtime, **cfg.rankings.sampling())
+                     seed=seed, chat_template=task.chat_template, runtime_cfg=cfg.runtime, scorer=task.judge,
+                     scorer_kwargs=dict(task.judge_kwargs), **cfg.rankings.sampling())
 
     def train(name: str, rm_cfg: RMConfig, ppo_cfg: PPOConfig) -> None:  # round ``name`` of PPO
 
@@ -228,7 +230,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
             trained["ppo"] = os.path.join(rounds[-1][1].out_dir, "model")
         order = [n for a in cfg.algorithms for n in ([f"ppo_round{i}" for i in range(1, len(rounds))] + [a]
                                                       if a == "ppo" else [a])] + ["oracle"]
-        policies = {"sft": sft_model, **{n: trained[n] for n in order if n in trained}}
+        policies = {"sft": sft_model, **{n: trained[n] for n in order if n in trained},
+                    **{f"best_of_{n}": BestOfN(sft_model, n) for n in cfg.baselines.best_of_n}}
         if cfg.compare_base:
             policies = {"base": _base_folder(cfg.sft.model, os.path.join(out, "base")), **policies}
         return compare(policies, sft_model, load_reward_model(rm_dir), prompts, cfg.eval, judge, baseline="sft")

@@ -32,7 +32,8 @@ WIRED = {"sft": ("out_dir", "tokenizer", "data.train", "data.eval", "data.chat_t
          "ppo": ("policy", "reference", "reward_model", "tokenizer", "out_dir", "data.prompts", "data.chat_template",
                  "judge", "judge_kwargs", "runtime"),
          "grpo": ("policy", "reference", "tokenizer", "out_dir", "data.prompts", "data.heldout", "data.chat_template",
-                  "reward.functions", "reward.weights", "reward.kwargs", "reward.model", "runtime"),
+                  "reward.functions", "reward.weights", "reward.kwargs", "reward.model", "judge", "judge_kwargs",
+                  "runtime"),
          "dpo": ("model", "reference", "tokenizer", "out_dir", "data.train", "data.eval", "data.chat_template",
                  "runtime")}
 
@@ -68,6 +69,12 @@ class RecipesConfig:
 class BaselinesConfig:
     oracle: bool = field(False, "also train PPO (the ppo section) with the task's judge as its reward, in "
                                 "out_dir/oracle: what the recipe could reach with a perfect reward model")
+    best_of_n: List[int] = field([], "best-of-n rows: n answers per held-out prompt sampled from SFT, the one the "
+                                     "(last) reward model scores highest kept, e.g. [4, 16]")
+
+    def validate(self):
+        for n in self.best_of_n:
+            require(isinstance(n, int) and n >= 2, "best_of_n", f"{n!r}: each n must be an integer >= 2")
 
 
 @dataclasses.dataclass

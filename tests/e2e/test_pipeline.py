@@ -32,7 +32,7 @@ SHORT = [
     "eval.max_prompts=64", "eval.decodings=[sample]", "eval.batch_size=32",
     "iterate.rounds=2", "iterate.rm_epochs=1", "iterate.ppo_iterations=8",
     "grpo.algo.iterations=4", "grpo.rollout.batch_size=4", "grpo.progress=false",
-    "dpo.train.max_steps=12", "dpo.train.progress=false", "dpo.train.save_every=12",
+    "baselines.best_of_n=[4]", "dpo.train.max_steps=12", "dpo.train.progress=false", "dpo.train.save_every=12",
     # the short SFT still rambles to the 48-token sampling limit: room for prompt + 48 tokens + EOS
     "rm.data.max_length=112", "dpo.data.max_length=112",
 ]
@@ -70,7 +70,11 @@ def test_short_pipeline_on_a_second_world_improves_on_sft(tmp_path):
     rows1, rows2 = (read_metrics(str(d / "metrics.jsonl")) for d in (out / "ppo", round2 / "ppo"))
     assert ppo2.reward_model == str(round2 / "rm" / "model") and len(rows2) == 8
     assert abs(rows1[0]["kl"]) < 1e-3 < rows2[0]["kl"]  # round 2 starts where round 1 ended, away from SFT
-    assert list(sample) == ["sft", "ppo_round1", "ppo", "grpo", "dpo", "oracle"] and "Round 2: PPO training" in report
+    assert list(sample) == ["sft", "ppo_round1", "ppo", "grpo", "dpo", "oracle", "best_of_4"]
+    assert "Round 2: PPO training" in report and sample["best_of_4"]["rm_score"] > sample["sft"]["rm_score"]
+    # every ranking keeps the judge's noise-free scores beside the labeler's noisy order
+    first = json.loads((out / "data" / "rankings.jsonl").read_text().splitlines()[0])
+    assert len(first["true_scores"]) == len(first["responses"])
 
     # GRPO, DPO and the oracle start from the same SFT model; GRPO scores with round 1's reward model alone
     # (the recipe's reward function, the labeler, is not carried over), DPO trains on round 1's rankings.
