@@ -16,13 +16,19 @@ is the starting model: with ``lora.enabled`` the policy's own base with the adap
 the policy before its first step (no second copy either way); a ``reference`` folder other than ``model``
 is loaded frozen for that one pass and released.
 
+With ``iterate.rounds`` > 1 each round after the first trains on the current policy's own answers, ranked
+(:mod:`mindrlhf.trainers.dpo_rounds`), tied to the same reference (``round{r}_reference_logps.npz``), as
+a DPO run of its own from the last policy: fresh AdamW moments and the schedule from its start. Every
+round ends with an evaluation and a checkpoint; the held-out pairs stay round 1's.
+
 The metrics are TRL's: rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies (implicit
-rewards β·(log π − log π_ref)), logps/chosen, logps/rejected, and ``eval_`` versions on held-out pairs.
-The product, ``out_dir/model/``, is a policy folder like SFT's.
+rewards β·(log π − log π_ref)), logps/chosen, logps/rejected, and ``eval_`` versions on held-out pairs
+(and ``round`` when iterating). The product, ``out_dir/model/``, is a policy folder like SFT's.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import hashlib
 import os
@@ -44,9 +50,10 @@ from ..nn.lora import LoRAConfig, TrainableParams
 from ..roles import adapted_copy, frozen, load_lm
 from ..runtime import RuntimeConfig
 from .artifacts import export_model, resolve_tokenizer
+from .dpo_rounds import IterateConfig, RoundPlan, RoundSampler, plan_rounds, remove_round_files
 from .loop import prepare_run_dir, run_loop
 from .step import OptimConfig, Updater
-from .supervised import DataConfig, LoopConfig, SupervisedStage, split_heldout, with_dropout
+from .supervised import DataConfig, DataOrder, LoopConfig, SupervisedStage, split_heldout, with_dropout
 
 REFERENCE_FILE = "reference_logps.npz"
 
@@ -106,8 +113,14 @@ class DPOConfig:
     data: DPODataConfig = field(DPODataConfig(), "preference pairs")
     train: DPOLoopConfig = field(DPOLoopConfig(), "batching, length and cadence of training")
     algo: DPOAlgoConfig = field(DPOAlgoConfig(), "the loss")
-    optim: OptimConfig = field(OptimConfig(lr=1e-4, warmup_steps=10), "AdamW and its schedule")
+    optim: OptimConfig = field(OptimConfig(lr=1e-4, warmup_steps=10), "AdamW and its schedule (again each round)")
+    iterate: IterateConfig = field(IterateConfig(), "iterated DPO: later rounds on the policy's own answers, ranked")
     runtime: RuntimeConfig = field(RuntimeConfig(), "device, mode, seed")
+
+    def validate(self):
+        require(self.iterate.rounds == 1 or self.iterate.max_new_tokens < self.data.max_length,
+                "iterate.max_new_tokens", f"{self.iterate.max_new_tokens} leaves no room for a prompt in "
+                                          f"data.max_length={self.data.max_length}")
 
 
 def sequence_logps(lm, input_ids, attention_mask, loss_mask):
@@ -231,10 +244,9 @@ def fingerprint(sequences) -> str:
     return digest.hexdigest()
 
 
-def stored_reference(run_dir: str, sequences, compute, resume: bool) -> np.ndarray:
-    """The reference log-probs of ``sequences``: read from ``run_dir/reference_logps.npz`` on resume, else
+def stored_reference(path: str, sequences, compute, resume: bool) -> np.ndarray:
+    """The reference log-probs of ``sequences``: read from the .npz file ``path`` on resume, else
     ``compute()``-d and written there (atomically, rank 0). A stored file made from other data is an error."""
-    path = os.path.join(run_dir, REFERENCE_FILE)
     key = fingerprint(sequences)
     if resume and os.path.isfile(path):
         with np.load(path) as stored:
@@ -260,6 +272,8 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
     """Run DPO; write ``out_dir/model`` (HuggingFace folder + tokenizer). Returns the final metrics."""
     rt = runtime.setup(cfg.runtime)
     prepare_run_dir(cfg.out_dir, resume, overwrite)
+    if not resume and rt.is_main:
+        remove_round_files(cfg.out_dir)
     tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.model)
     data, algo = cfg.data, cfg.algo
 
@@ -283,19 +297,38 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
     model = adapted_copy(base, cfg.lora) if cfg.lora.enabled else base
     separate = bool(cfg.reference) and os.path.abspath(cfg.reference) != os.path.abspath(cfg.model)
 
-    def compute_reference():
+    def compute_reference(sequences, later_round: bool = False):
         if is_reference_free(algo.loss_type):  # SimPO: h never reads the reference
-            return np.zeros(len(train_seqs) + len(eval_seqs), np.float32)
+            return np.zeros(len(sequences), np.float32)
         # The reference is the model the policy starts from: the LoRA base with its adapters off, or (no LoRA)
-        # the policy itself before its first step, so no second copy is loaded; another folder is loaded
-        # frozen for this pass and released.
-        lm = frozen(load_lm(cfg.reference, tokenizer.vocab_size)) if separate else base
+        # the policy itself before its first step, so no second copy is loaded; another folder, or the start
+        # model once a round has trained the policy, is loaded frozen for this pass and released.
+        reload = separate or (later_round and not cfg.lora.enabled)
+        lm = frozen(load_lm(cfg.reference or cfg.model, tokenizer.vocab_size)) if reload else base
         if rt.is_main:
-            print(f"[dpo] reference log-probs of {len(train_seqs) + len(eval_seqs)} sequences", flush=True)
-        return reference_pass(lm, train_seqs + eval_seqs, pad, 2 * micro, data.pad_multiple, data.max_length)
+            print(f"[dpo] reference log-probs of {len(sequences)} sequences", flush=True)
+        return reference_pass(lm, sequences, pad, 2 * micro, data.pad_multiple, data.max_length)
 
-    ref_table = stored_reference(cfg.out_dir, train_seqs + eval_seqs, compute_reference, resume=bool(resume))
+    # the labeler (or reward-model folder) and the prompts of later rounds are checked before anything compiles
+    sampler = RoundSampler(cfg.iterate, model, tokenizer, data, cfg.out_dir, cfg.runtime.seed, bool(resume)) \
+        if cfg.iterate.rounds > 1 else None
+    ref_table = stored_reference(os.path.join(cfg.out_dir, REFERENCE_FILE), train_seqs + eval_seqs,
+                                 lambda: compute_reference(train_seqs + eval_seqs), resume=bool(resume))
     gc.collect()  # a separate reference's weights and graph go before training starts
+
+    plan, round_pairs = None, None
+    if sampler is not None:
+        plan = plan_rounds(cfg.iterate, cfg.train.total_steps(len(train_set)), len(sampler.prompts), data.pairs,
+                           cfg.train.batch_size)
+
+        def round_reference(r: int, sequences) -> np.ndarray:
+            logps = stored_reference(os.path.join(cfg.out_dir, f"round{r}_{REFERENCE_FILE}"), sequences,
+                                     lambda: compute_reference(sequences, later_round=True), resume=bool(resume))
+            gc.collect()
+            return logps
+
+        round_pairs = functools.partial(sampler.pairs, first_id=len(ref_table), reference=round_reference,
+                                        min_pairs=cfg.train.batch_size)
 
     loss_cell = DPOLoss(model, algo)
     updater = Updater(loss_cell, model.trainable_params(), cfg.optim, cfg.train.total_steps(len(train_set)),
@@ -313,28 +346,73 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
         export_model(model, tokenizer, cfg, os.path.join(run_dir, "model"), base=cfg.model)
 
     stage = DPOStage(
+        ref_table, pad, data,
+        plan=plan, round_pairs=round_pairs,
         records=train_set,
-        make_batch=lambda items, norm: batch_tensors(items, ref_table, pad, data.pad_multiple, data.max_length,
-                                                     norm),
-        count=len,  # pairs
         updater=updater,
         cells={"model": TrainableParams(model)},
         loop=cfg.train,
         seed=cfg.runtime.seed,
         evaluate=evaluate,
         describe_aux=lambda auxes: describe(auxes, nll=nll),
-        unit="pair",
         export=export,
-        name="dpo",
     )
     return run_loop(stage, cfg.train, cfg.out_dir, resume, config=cfg)
 
 
 class DPOStage(SupervisedStage):
-    """The supervised stage over pairs, with the margin and accuracy on the progress bar."""
+    """The supervised stage over pairs, with the margin and accuracy on the progress bar.
+
+    With a :class:`RoundPlan` (iterated DPO) the first step of round r >= 2 replaces the pairs with
+    ``round_pairs(r, resumed=False)``'s (pairs, reference log-probs) and restarts the optimizer; a run
+    resumed inside round r takes them back with ``resumed=True`` and keeps the checkpoint's optimizer."""
+
+    def __init__(self, ref_table: np.ndarray, pad_id: int, data: DPODataConfig, plan: Optional[RoundPlan] = None,
+                 round_pairs=None, **kwargs):
+        self.ref_table, self.n_fixed, self.pad_id, self.data = ref_table, len(ref_table), pad_id, data
+        super().__init__(make_batch=self.batch, count=len, unit="pair", name="dpo", **kwargs)  # count: pairs
+        self.plan, self.round_pairs, self.round = plan, round_pairs, 1
+        self.batch_size, self.seed = kwargs["loop"].batch_size, kwargs["seed"]
+        if plan is not None:
+            self.total_steps = plan.total
+
+    def batch(self, pairs, normalizer):
+        return batch_tensors(pairs, self.ref_table, self.pad_id, self.data.pad_multiple, self.data.max_length,
+                             normalizer)
+
+    def enter_round(self, r: int, resumed: bool) -> None:
+        pairs, logps = self.round_pairs(r, resumed)  # their ids start at n_fixed: after round 1's table
+        self.ref_table = np.concatenate([self.ref_table[: self.n_fixed], logps])
+        self.records, self.round = pairs, r
+        self.order = DataOrder(len(pairs), self.batch_size, self.seed + r - 1)
+        if resumed:
+            self.updater.total_steps = self.plan.steps[r - 1]
+        else:
+            self.updater.restart(self.plan.steps[r - 1])
+
+    def step(self, step: int) -> tuple[dict, int]:
+        if self.plan is not None and self.plan.round_of(step) != self.round:
+            self.enter_round(self.plan.round_of(step), resumed=False)
+        metrics, units = super().step(step)
+        if self.plan is not None:
+            metrics["round"] = self.round
+        return metrics, units
+
+    def boundary(self, done: int) -> bool:
+        return self.plan is not None and done in self.plan.ends
+
+    def state(self) -> dict:
+        return {**super().state(), "round": self.round, "optimizer_steps": self.updater.step_count}
+
+    def restore(self, state: dict) -> None:
+        if int(state.get("round", 1)) > 1:
+            self.enter_round(int(state["round"]), resumed=True)
+        super().restore(state)
 
     def postfix(self, metrics: dict) -> dict:
         shown = super().postfix(metrics)
         shown["margin"] = f"{metrics['rewards/margins']:.3f}"
         shown["acc"] = f"{metrics['rewards/accuracies']:.2f}"
+        if "round" in metrics:
+            shown["round"] = int(metrics["round"])
         return shown

@@ -87,6 +87,11 @@ class Stage:
             shown[f"{self.unit}/s"] = f"{metrics[f'{self.unit}_per_s']:.0f}"
         return shown
 
+    def boundary(self, done: int) -> bool:
+        """True when step ``done`` ends a part of the run (a round of iterated DPO): the loop evaluates and
+        saves a checkpoint there as at the end, so a resumed run starts the next part from it."""
+        return False
+
     def finish(self, run_dir: str) -> None:
         """Write the stage's product (``run_dir/model``); called on rank 0 after the last step."""
 
@@ -161,7 +166,8 @@ def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optiona
                 elapsed = time.perf_counter() - window_time
                 metrics[f"{stage.unit}_per_s"] = window_units / max(elapsed, 1e-9)
                 window_units, window_time = 0, time.perf_counter()
-            if (cadence.eval_every and done % cadence.eval_every == 0) or done == total:
+            end = done == total or stage.boundary(done)
+            if (cadence.eval_every and done % cadence.eval_every == 0) or end:
                 metrics.update(stage.evaluate())
             if logged or any(k.startswith("eval_") for k in metrics):
                 logger.log(done, metrics)
@@ -170,7 +176,7 @@ def run_loop(stage: Stage, cadence: CadenceConfig, run_dir: str, resume: Optiona
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(**stage.postfix(metrics))
-            saving = (cadence.save_every and done % cadence.save_every == 0) or done == total
+            saving = (cadence.save_every and done % cadence.save_every == 0) or end
             if saving or stop.signum:
                 stage.before_save()
                 ckpt.save(done, cells, updaters, stage.state(), rt.is_main)

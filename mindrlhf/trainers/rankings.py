@@ -14,19 +14,19 @@ measures a reward model against.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from .. import runtime
 from ..config import field, require
-from ..data.encoding import encode_prompts
+from ..data.encoding import EncodedPrompt, encode_prompts
 from ..data.formats import load_prompts
 from ..data.tokenizer import Tokenizer
 from ..io import write_jsonl
 from ..generation import generate_batches, generation_config, response_texts
 from ..nn import CausalLM
-from ..nn.generate import Generator
+from ..nn.generate import GenerationConfig, Generator
 from ..plugins import load_function, load_scorer
 from ..runtime import DEVICES, RuntimeConfig
 from ..tasks import make_rankings
@@ -89,6 +89,18 @@ class RankingsCommandConfig(RankingsConfig):
         require(not self.scorer_kwargs or bool(self.scorer), "scorer_kwargs", "given without a scorer")
 
 
+def sample_responses(generator: Generator, tokenizer, prompts: Sequence[EncodedPrompt], config: GenerationConfig,
+                     batch_prompts: int, k: int) -> List[List[str]]:
+    """``k`` sampled responses to each of ``prompts`` (texts, stripped), prompt by prompt: call b of
+    ``batch_prompts`` prompts × k rows draws with ``config.seed + b``."""
+    responses = []
+    for gen in generate_batches(generator, [p.input_ids for p in prompts], config, batch_prompts,
+                                samples_per_prompt=k):
+        texts = [t.strip() for t in response_texts(tokenizer, gen)]
+        responses += [texts[i : i + k] for i in range(0, len(texts), k)]
+    return responses
+
+
 def sample_rankings(policy_dir: str, prompts_file: str, out: str, labeler: str, labeler_kwargs: Optional[dict] = None,
                     k: int = 4, noise: float = 0.5, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
                     max_new_tokens: int = 48, batch_prompts: int = 16, max_prompts: int = 0, prompt_bucket: int = 16,
@@ -116,11 +128,8 @@ def sample_rankings(policy_dir: str, prompts_file: str, out: str, labeler: str, 
     # batch b holds batch_prompts prompts × k rows and draws with seed + b; each prompt width compiles its own graph
     config = generation_config(tokenizer, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
                                seed=seed)
-    responses = []
-    for gen in generate_batches(Generator(model, prompt_bucket=prompt_bucket), [p.input_ids for p in encoded],
-                                config, batch_prompts, samples_per_prompt=k):
-        texts = [t.strip() for t in response_texts(tokenizer, gen)]
-        responses += [texts[i : i + k] for i in range(0, len(texts), k)]
+    responses = sample_responses(Generator(model, prompt_bucket=prompt_bucket), tokenizer, encoded, config,
+                                 batch_prompts, k)
     rankings = make_rankings([p.text for p in encoded], responses, rank, labeler, np.random.default_rng([seed, 1]),
                              noise, [p.meta for p in encoded], true_scores)
     write_jsonl(out, rankings)  # the pipeline takes an existing file as a done stage

@@ -181,6 +181,13 @@ class Updater:
         self.step_count += 1
         return sum(losses), auxes, float(norm.asnumpy())
 
+    def restart(self, total_steps: int) -> None:
+        """A fresh optimizer on the parameters as they are: AdamW's moments and step counter zeroed, and the
+        schedule (warm-up, decay) from its first step again, over ``total_steps``."""
+        for param in self.optimizer.state().values():
+            param.set_data(ops.zeros(param.shape, param.dtype))
+        self.step_count, self.total_steps = 0, total_steps
+
     # ------------------------------------------------------------------ state for checkpoints
     def state_dict(self) -> dict:
         """Optimizer state (AdamW's m, v and step counter) as name → Parameter, for ``ms.save_checkpoint``."""

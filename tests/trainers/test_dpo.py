@@ -1,6 +1,5 @@
 """DPO stage: the loss Cell and the reference pass against per-example PyNative forwards, micro-batches adding
 up to the full batch's gradient, the stored reference log-probs, resume, LoRA, and learning on the toy task."""
-import json
 import os
 
 import mindspore as ms
@@ -17,7 +16,6 @@ from mindrlhf.trainers.dpo import (
     train_dpo,
 )
 from mindrlhf.trainers.metrics import read_metrics
-from mindrlhf.trainers.sft import SFTConfig, train_sft
 
 from .test_kill_resume import SAVE_EVERY, STEPS, kill_after_a_checkpoint, run, same_run
 
@@ -132,37 +130,19 @@ def test_stored_reference_is_reused_on_resume_and_checked(tmp_path):
         calls.append(1)
         return np.asarray([-1.5, -2.5], np.float32)
 
-    first = stored_reference(str(tmp_path), seqs, compute, resume=False)
-    again = stored_reference(str(tmp_path), seqs, lambda: pytest.fail("recomputed on resume"), resume=True)
+    path = str(tmp_path / REFERENCE_FILE)
+    first = stored_reference(path, seqs, compute, resume=False)
+    again = stored_reference(path, seqs, lambda: pytest.fail("recomputed on resume"), resume=True)
     np.testing.assert_array_equal(again, first)
     assert calls == [1] and not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
-    stored_reference(str(tmp_path), seqs, compute, resume=False)  # a fresh run computes its own
+    stored_reference(path, seqs, compute, resume=False)  # a fresh run computes its own
     assert calls == [1, 1]
     for other in (seqs[:1], [seqs[0], EncodedSequence([1, 5], [0, 1])]):
         with pytest.raises(ValueError, match="reference log-probs of 2 sequences of other data"):
-            stored_reference(str(tmp_path), other, compute, resume=True)
+            stored_reference(path, other, compute, resume=True)
 
 
 # ------------------------------------------------------------------------------------ runs of the stage
-
-
-@pytest.fixture(scope="module")
-def toy(toy_task, tmp_path_factory):
-    """A briefly SFT-trained policy on the toy task, and rankings: the reversal, then the words as given,
-    then the reversal cut short."""
-    root = tmp_path_factory.mktemp("dpo")
-    demos = [json.loads(line) for line in (toy_task / "demos.jsonl").read_text().splitlines()]
-    with open(root / "rankings.jsonl", "w") as fh:
-        for d in demos:
-            words = d["response"].split()
-            responses = [" ".join(words[:2]), d["response"], " ".join(reversed(words))]
-            fh.write(json.dumps({"prompt": d["prompt"], "responses": responses, "ranking": [1, 2, 0]}) + "\n")
-    sft = load_config(SFTConfig, None, [f"data.train={toy_task / 'demos.jsonl'}", f"tokenizer={toy_task / 'tok'}",
-                                        f"out_dir={root / 'sft'}", "train.batch_size=16", "train.max_steps=40",
-                                        "train.progress=false", "train.eval_every=0", "train.save_every=0",
-                                        "optim.lr=3e-3", "optim.warmup_steps=5", "data.max_length=48"])
-    train_sft(sft)
-    return root
 
 
 def dpo_config(toy, out, *extra):
@@ -172,8 +152,8 @@ def dpo_config(toy, out, *extra):
         "train.progress=false", "optim.warmup_steps=0", "optim.schedule=constant", "optim.lr=2e-3", *extra])
 
 
-def test_train_resume_and_run_folder(toy, tmp_path, capsys):
-    whole = dpo_config(toy, tmp_path / "whole", "train.max_steps=4", "train.save_every=2", "train.eval_every=2",
+def test_train_resume_and_run_folder(dpo_toy, tmp_path, capsys):
+    whole = dpo_config(dpo_toy, tmp_path / "whole", "train.max_steps=4", "train.save_every=2", "train.eval_every=2",
                        "train.micro_batch_size=4")
     train_dpo(whole)
     rows = read_metrics(str(tmp_path / "whole" / "metrics.jsonl"))
@@ -190,11 +170,11 @@ def test_train_resume_and_run_folder(toy, tmp_path, capsys):
     assert "[dpo] reference log-probs of 720 sequences" in out  # 240 rankings × K=3
     assert "[dpo] step 4/4 loss=" in out and "[train]" not in out  # the loop's lines carry the stage's name
 
-    half = dpo_config(toy, tmp_path / "half", "train.max_steps=2", "train.save_every=2", "train.eval_every=2",
+    half = dpo_config(dpo_toy, tmp_path / "half", "train.max_steps=2", "train.save_every=2", "train.eval_every=2",
                       "train.micro_batch_size=4")
     train_dpo(half)
     capsys.readouterr()
-    resumed = dpo_config(toy, tmp_path / "half", "train.max_steps=4", "train.save_every=2", "train.eval_every=2",
+    resumed = dpo_config(dpo_toy, tmp_path / "half", "train.max_steps=4", "train.save_every=2", "train.eval_every=2",
                          "train.micro_batch_size=4")
     train_dpo(resumed, resume=str(tmp_path / "half"))
     assert "reference log-probs" not in capsys.readouterr().out  # read from reference_logps.npz
@@ -205,8 +185,8 @@ def test_train_resume_and_run_folder(toy, tmp_path, capsys):
     np.testing.assert_allclose([r["loss"] for r in again], [r["loss"] for r in rows], rtol=1e-5)
 
 
-def test_lora_reference_is_the_base_with_adapters_off(toy, tmp_path):
-    cfg = dpo_config(toy, tmp_path / "lora", "train.max_steps=2", "train.eval_every=0", "train.save_every=0",
+def test_lora_reference_is_the_base_with_adapters_off(dpo_toy, tmp_path):
+    cfg = dpo_config(dpo_toy, tmp_path / "lora", "train.max_steps=2", "train.eval_every=0", "train.save_every=0",
                      "lora.enabled=true", "lora.rank=4", "optim.lr=1e-2", "data.pairs=best")
     train_dpo(cfg)
     rows = read_metrics(str(tmp_path / "lora" / "metrics.jsonl"))
@@ -217,8 +197,8 @@ def test_lora_reference_is_the_base_with_adapters_off(toy, tmp_path):
         assert stored["logps"].shape == (720,)
 
 
-def test_simpo_needs_no_reference_pass(toy, tmp_path, capsys):
-    cfg = dpo_config(toy, tmp_path / "simpo", "train.max_steps=1", "train.eval_every=0", "train.save_every=0",
+def test_simpo_needs_no_reference_pass(dpo_toy, tmp_path, capsys):
+    cfg = dpo_config(dpo_toy, tmp_path / "simpo", "train.max_steps=1", "train.eval_every=0", "train.save_every=0",
                      "algo.loss_type=simpo", "algo.beta=2.0", "algo.simpo_gamma=0.5")
     train_dpo(cfg)
     assert "reference log-probs" not in capsys.readouterr().out
@@ -229,8 +209,8 @@ def test_simpo_needs_no_reference_pass(toy, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_dpo_learns_the_preference_on_held_out_pairs(toy, tmp_path):
-    cfg = dpo_config(toy, tmp_path / "learn", "train.max_steps=60", "train.eval_every=20", "train.save_every=0",
+def test_dpo_learns_the_preference_on_held_out_pairs(dpo_toy, tmp_path):
+    cfg = dpo_config(dpo_toy, tmp_path / "learn", "train.max_steps=60", "train.eval_every=20", "train.save_every=0",
                      "train.batch_size=16", "data.eval_fraction=0.2", "optim.lr=1e-3")
     train_dpo(cfg)
     evals = [r for r in read_metrics(str(tmp_path / "learn" / "metrics.jsonl")) if "eval_loss" in r]
@@ -240,10 +220,11 @@ def test_dpo_learns_the_preference_on_held_out_pairs(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_weights_and_metrics(toy, tmp_path):
-    args = ["dpo", f"model={toy / 'sft' / 'model'}", f"data.train={toy / 'rankings.jsonl'}", "data.max_length=48",
-            "train.batch_size=8", f"train.max_steps={STEPS}", "train.eval_every=4", f"train.save_every={SAVE_EVERY}",
-            "train.log_every=1", "train.progress=false", "optim.warmup_steps=2", "optim.lr=1e-3"]
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(dpo_toy, tmp_path):
+    args = ["dpo", f"model={dpo_toy / 'sft' / 'model'}", f"data.train={dpo_toy / 'rankings.jsonl'}",
+            "data.max_length=48", "train.batch_size=8", f"train.max_steps={STEPS}", "train.eval_every=4",
+            f"train.save_every={SAVE_EVERY}", "train.log_every=1", "train.progress=false", "optim.warmup_steps=2",
+            "optim.lr=1e-3"]
     run(args, tmp_path / "whole")
     step = kill_after_a_checkpoint(args, tmp_path / "killed")
     assert SAVE_EVERY <= step < STEPS, f"the run was not killed mid-way (latest checkpoint {step})"
