@@ -52,7 +52,7 @@ from .evaluation import BestOfN, compare
 from .io import atomic_write_text
 from .io.gguf import is_gguf
 from .nn.gguf import gguf_to_hf_folder
-from .pipeline_config import PipelineConfig
+from .pipeline_config import TASK_LABELER, PipelineConfig
 from .report import write_report
 from .roles import is_pretrained
 from .tasks import data_written, load_judge, load_labeler, resolve_task, write_corpus, write_data
@@ -139,6 +139,8 @@ def run_pipeline(cfg: PipelineConfig, resume: Optional[str] = None, overwrite: b
     _filled(cfg, {f"task.{key}": getattr(task, key) for key in ("demonstrations", "prompts", "heldout_prompts")})
     for stage in (cfg.sft, cfg.rm, cfg.ppo, cfg.grpo, cfg.dpo):
         stage.runtime, stage.data.chat_template = cfg.runtime, task.chat_template
+    if cfg.dpo.iterate.labeler == TASK_LABELER:  # iterated DPO ranks with the task's labeler
+        cfg.dpo.iterate.labeler, cfg.dpo.iterate.labeler_kwargs = task.labeler, dict(task.labeler_kwargs)
     for stage in (cfg.ppo, cfg.grpo):  # PPO and GRPO log the judge's score of their rollouts (never trained on)
         if not stage.judge:
             stage.judge, stage.judge_kwargs = task.judge, dict(task.judge_kwargs)

@@ -16,6 +16,7 @@ from .roles import is_pretrained
 from .runtime import RuntimeConfig
 from .tasks import TASKS, BuiltinConfig, TaskConfig
 from .trainers.dpo import DPOConfig, DPODataConfig
+from .trainers.dpo_rounds import IterateConfig as DPOIterateConfig
 from .trainers.grpo_config import GRPOConfig, GRPODataConfig, RewardConfig
 from .trainers.ppo_config import PPOConfig, PPODataConfig
 from .trainers.rankings import RankingsConfig
@@ -35,7 +36,9 @@ WIRED = {"sft": ("out_dir", "tokenizer", "data.train", "data.eval", "data.chat_t
                   "reward.functions", "reward.weights", "reward.kwargs", "reward.model", "judge", "judge_kwargs",
                   "runtime"),
          "dpo": ("model", "reference", "tokenizer", "out_dir", "data.train", "data.eval", "data.chat_template",
-                 "runtime")}
+                 "iterate.prompts", "iterate.labeler", "iterate.labeler_kwargs", "runtime")}
+# Iterated DPO's later rounds rank with the task's labeler unless the dpo section names a labeler or reward model.
+TASK_LABELER = "{task.labeler}"
 
 
 @dataclasses.dataclass
@@ -102,7 +105,9 @@ class PipelineConfig:
         reward=RewardConfig(model="{out_dir}/rm/model")), "stage 3 with algorithms: [grpo]")
     dpo: DPOConfig = field(DPOConfig(
         model="{out_dir}/sft/model", out_dir="{out_dir}/dpo",
-        data=DPODataConfig(train="{out_dir}/data/rankings.jsonl", max_length=96)), "stage 3 with algorithms: [dpo]")
+        data=DPODataConfig(train="{out_dir}/data/rankings.jsonl", max_length=96),
+        iterate=DPOIterateConfig(prompts="{task.prompts}", labeler=TASK_LABELER)), "stage 3 with algorithms: [dpo] "
+                                                                                   "(iterated with dpo.iterate.rounds)")
     iterate: IterateConfig = field(IterateConfig(), "further rounds of rankings → reward model → PPO")
     baselines: BaselinesConfig = field(BaselinesConfig(), "reference points reported beside the algorithms")
     eval: EvalConfig = field(EvalConfig(), "held-out comparison of SFT and the trained policies")
@@ -122,6 +127,9 @@ class PipelineConfig:
         require(self.iterate.rounds == 1 or bool(self.task.labeler) or self.task.name in TASKS, "iterate.rounds",
                 f"{self.iterate.rounds} rounds: the rounds after the first rank the policy's samples, so set "
                 "task.labeler")
+        require(self.dpo.iterate.rounds == 1 or self.dpo.iterate.labeler != TASK_LABELER or bool(self.task.labeler)
+                or self.task.name in TASKS, "dpo.iterate.rounds", f"{self.dpo.iterate.rounds} rounds: the rounds after "
+                "the first rank the policy's answers, so set task.labeler (or dpo.iterate.reward_model)")
         require(not self.baselines.oracle or bool(self.task.judge) or self.task.name in TASKS, "baselines.oracle",
                 "the oracle is trained on the task's judge: set task.judge")
         for key in ("sft", "rm", "ppo", "grpo", "dpo"):

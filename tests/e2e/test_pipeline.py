@@ -32,7 +32,8 @@ SHORT = [
     "eval.max_prompts=64", "eval.decodings=[sample]", "eval.batch_size=32",
     "iterate.rounds=2", "iterate.rm_epochs=1", "iterate.ppo_iterations=8",
     "grpo.algo.iterations=4", "grpo.rollout.batch_size=4", "grpo.progress=false",
-    "baselines.best_of_n=[4]", "dpo.train.max_steps=12", "dpo.train.progress=false", "dpo.train.save_every=12",
+    "baselines.best_of_n=[4]", "dpo.train.max_steps=12",
+    "dpo.iterate.prompts_per_round=16", "dpo.iterate.k=4", "dpo.iterate.steps=4", "dpo.train.progress=false", "dpo.train.save_every=12",
     # the short SFT still rambles to the 48-token sampling limit: room for prompt + 48 tokens + EOS
     "rm.data.max_length=112", "dpo.data.max_length=112",
 ]
@@ -85,6 +86,10 @@ def test_short_pipeline_on_a_second_world_improves_on_sft(tmp_path):
     assert grpo.policy == dpo.model == oracle.policy == sft and summary["headline"] == "ppo"
     assert (grpo.reward.model, grpo.reward.functions) == (rm, [])
     assert dpo.data.train == str(out / "data" / "rankings.jsonl")
+    # DPO's second round ranks its own answers with the task's labeler (wired from the task, not the recipe)
+    assert (dpo.iterate.labeler, dpo.iterate.labeler_kwargs) == ("mindrlhf.data.builtin.functions:rank",
+                                                                 {"world": str(out / "data" / "world.json")})
+    assert 0 < (out / "dpo" / "round2_rankings.jsonl").read_text().count("\n") <= 16
     assert oracle.reward.functions == ["mindrlhf.data.builtin.functions:judge"] and oracle.reward_model == rm
     for name in ("grpo", "dpo", "oracle"):
         assert (out / name / "model" / "model.safetensors").is_file() and f"| {name} |" in report
