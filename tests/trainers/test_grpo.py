@@ -17,7 +17,8 @@ from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.plugins import PluginError
 from mindrlhf.roles import RewardModel
 from mindrlhf.trainers.artifacts import export_reward_model, write_stats
-from mindrlhf.trainers.grpo import GRPOTrainer, GroupAdvantagePass, GroupBatch, concat_groups, overlong_penalty
+from mindrlhf.trainers.grpo import GRPOTrainer
+from mindrlhf.trainers.grpo_experience import GroupAdvantagePass, GroupBatch, concat_groups, overlong_penalty
 from mindrlhf.trainers.grpo_config import GRPOAlgoConfig, GRPOConfig
 from mindrlhf.trainers.metrics import read_metrics
 from mindrlhf.trainers.reward import RMConfig
