@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All benchmarks of mindrlhf against its peers, one report:
 #   PPO iteration vs TRL's PPOTrainer, SFT train step vs a plain torch loop, generation vs transformers,
-#   DPO step vs TRL's DPOTrainer (with the per-step equivalence of their losses and margins).
+#   DPO step vs TRL's DPOTrainer (with the per-step equivalence of their losses and margins),
+#   GRPO iteration vs TRL's GRPOTrainer.
 #
 #   bash run/bench_all.sh                 # tiny, GPT-2-small, SmolLM2-135M (smollm2 adds ~20 min on 2 cores)
 #   SIZES=tiny,gpt2 bash run/bench_all.sh # random-weight presets only (minutes)
@@ -30,6 +31,7 @@ PPO=${PPO:-"--batch 8 --prompt-len 32 --new-tokens 32 --epochs 1 --mini-batch 4 
 TRAIN=${TRAIN:-"--batch 8 --seq-len 64 --steps 5"}
 GENERATE=${GENERATE:-"--batches 8,32 --prompt-len 64 --new-tokens 128 --repeats 2"}
 DPO=${DPO:-"--batch 8 --steps 10 --prompt-len 24 --response-len 32 --beta 0.1 --lr 1e-4"}  # random sizes only
+GRPO=${GRPO:-"--batch 4 --group 8 --prompt-len 32 --new-tokens 32 --mini-batch 16 --iters 2"}  # random sizes only
 SMOL_PPO=${SMOL_PPO:-$PPO}  # ~11 GB peak RSS on the mindrlhf side (estimate); the guard ends it at 70% of RAM
 SMOL_TRAIN=${SMOL_TRAIN:-$TRAIN}
 SMOL_GENERATE=${SMOL_GENERATE:-$GENERATE}
@@ -74,8 +76,11 @@ smol generate_smollm2 "$SMOL" "$SMOL_GENERATE" run/bench_generate.py
 echo "== DPO step: mindrlhf vs TRL (and their first steps' losses and margins side by side)"
 bench dpo "$RANDOM_SIZES" "$DPO" run/bench_dpo.py --trl-python "$VENV/bin/python" $EXTRA
 
+echo "== GRPO iteration: mindrlhf vs TRL"
+bench grpo "$RANDOM_SIZES" "$GRPO" run/bench_grpo.py --trl-python "$VENV/bin/python"
+
 REPORTS=()
-for name in ppo ppo_smollm2 train train_smollm2 generate generate_smollm2 dpo; do
+for name in ppo ppo_smollm2 train train_smollm2 generate generate_smollm2 dpo grpo; do
     if [ -f "$OUT/$name.json" ]; then REPORTS+=("$OUT/$name.json"); fi
 done
 "$PY" run/bench_common.py report "${REPORTS[@]}" --md "$RESULTS.md" --json "$RESULTS.json" \

@@ -3,7 +3,7 @@
 Every benchmark measures each framework in its own child process (so its peak RSS is its own) and
 returns rows of one shape::
 
-    {"bench": "ppo" | "train" | "generate" | "dpo", "size": "tiny", "settings": {...},
+    {"bench": "ppo" | "train" | "generate" | "dpo" | "grpo", "size": "tiny", "settings": {...},
      "ours": {...}, "peer_name": "trl 0.28.0", "peer": {...},
      "speed_metric": "tokens_per_s", "speedup": ours / peer  (> 1: mindrlhf is faster)}
 
@@ -303,7 +303,7 @@ def _fmt(x, digits=2):
 
 
 def _settings_text(s: dict) -> str:
-    keys = ("batch", "prompt_len", "new_tokens", "response_len", "seq_len", "epochs", "mini_batch", "beta", "lr",
+    keys = ("batch", "group", "prompt_len", "new_tokens", "response_len", "seq_len", "epochs", "mini_batch", "beta", "lr",
             "jit_level", "graph_kernel", "threads", "ms_threads")
     return " ".join(f"{k}={s[k]}" for k in keys if s.get(k) not in (None, ""))
 

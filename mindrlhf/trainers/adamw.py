@@ -22,6 +22,19 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
+# One parameter's update, mapped over all of them: a Python loop over a few hundred parameters compiles into
+# nested calls past MindSpore's call-depth limit of 1000 (SmolLM2's 240 LoRA tensors with gradient accumulation).
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
+
+
+@_adamw_update.register("Function", "Bool", "Tensor", "Tensor", "Tensor", "Tensor", "Number", "Number", "Tensor",
+                        "Tensor", "Tensor", "Tensor", "Tensor")
+def _update(adam, decayed, beta1_power, beta2_power, lr, decay, beta1, beta2, eps_hat, p, m, v, g):
+    if decayed:  # fixed at build time: no decay pass at all when λ = 0
+        ops.assign(p, p * decay.astype(p.dtype))
+    return adam(p, m, v, beta1_power, beta2_power, lr, beta1, beta2, eps_hat, g)
+
+
 class AdamW(nn.Cell):
     """``adamw(grads)`` applies one AdamW step to ``parameters`` in place (grads in the same order).
 
@@ -45,6 +58,7 @@ class AdamW(nn.Cell):
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.adam = ops.Adam()
+        self.map = ops.HyperMap()
 
     def construct(self, grads):
         t = self.state_step + 1
@@ -54,10 +68,9 @@ class AdamW(nn.Cell):
         beta2_power = ops.pow(self.beta2_t, t)
         eps_hat = self.eps * ops.sqrt(1.0 - beta2_power)
         decay = 1.0 - self.lr * self.weight_decay
-        for p, m, v, g in zip(self.parameters, self.exp_avg, self.exp_avg_sq, grads):
-            if self.weight_decay > 0:  # fixed at build time: no decay pass at all when λ = 0
-                ops.assign(p, p * decay.astype(p.dtype))
-            self.adam(p, m, v, beta1_power, beta2_power, self.lr, self.beta1, self.beta2, eps_hat, g)
+        self.map(ops.partial(_adamw_update, self.adam, self.weight_decay > 0, beta1_power, beta2_power, self.lr,
+                             decay, self.beta1, self.beta2, eps_hat),
+                 self.parameters, self.exp_avg, self.exp_avg_sq, grads)
         return t
 
     def set_learning_rate(self, lr: float) -> None:

@@ -111,6 +111,22 @@ class TrainStep(nn.Cell):
         return loss, aux, self.apply_grads(grads)
 
 
+# Per-tensor updates of the accumulators, mapped over all of them (see adamw.py: a Python loop over a few hundred
+# tensors compiles into nested calls past MindSpore's call-depth limit).
+_add_into = ops.MultitypeFuncGraph("add_into")
+_zero = ops.MultitypeFuncGraph("zero")
+
+
+@_add_into.register("Tensor", "Tensor")
+def _add_gradient(acc, g):
+    return ops.assign_add(acc, g)
+
+
+@_zero.register("Tensor")
+def _zero_accumulator(acc):
+    return ops.assign(acc, ops.zeros_like(acc))
+
+
 class AccumulateStep(nn.Cell):
     """Add one micro-batch's gradients into ``accum``; returns (loss, aux)."""
 
@@ -118,11 +134,11 @@ class AccumulateStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.grad_fn = ms.value_and_grad(loss_cell, None, params, has_aux=True)
         self.accum = accum
+        self.map = ops.HyperMap()
 
     def construct(self, *inputs):
         (loss, aux), grads = self.grad_fn(*inputs)
-        for acc, g in zip(self.accum, grads):
-            ops.assign_add(acc, g)
+        self.map(_add_into, self.accum, grads)
         return loss, aux
 
 
@@ -133,11 +149,11 @@ class ApplyStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.accum = accum
         self.apply_grads = ApplyGradients(optimizer, max_grad_norm)
+        self.map = ops.HyperMap()
 
     def construct(self):
         norm = self.apply_grads(tuple(self.accum))
-        for acc in self.accum:
-            ops.assign(acc, ops.zeros_like(acc))
+        self.map(_zero, self.accum)
         return norm
 
 

@@ -17,10 +17,13 @@ from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.plugins import PluginError
 from mindrlhf.roles import RewardModel
 from mindrlhf.trainers.artifacts import export_reward_model, write_stats
-from mindrlhf.trainers.grpo import GRPOTrainer, GroupAdvantagePass, GroupBatch, concat_groups, overlong_penalty
+from mindrlhf.trainers.grpo import GRPOTrainer
+from mindrlhf.trainers.grpo_experience import GroupAdvantagePass, GroupBatch, concat_groups, overlong_penalty
 from mindrlhf.trainers.grpo_config import GRPOAlgoConfig, GRPOConfig
 from mindrlhf.trainers.metrics import read_metrics
 from mindrlhf.trainers.reward import RMConfig
+
+from .test_kill_resume import SAVE_EVERY, STEPS, kill_after_a_checkpoint, run as run_cli, same_run
 
 N = 8  # answer tokens (rollout.max_new_tokens)
 P = 16  # the prompt bucket; every prompt fits, so each graph compiles for one shape
@@ -322,3 +325,21 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(run, world, tmp_
                 assert b[key] == pytest.approx(value, abs=1e-5), (a["step"], key)
     for (name, p), (_, q) in zip(trainer.actor.parameters_and_names(), full.actor.parameters_and_names()):
         np.testing.assert_allclose(p.asnumpy(), q.asnumpy(), atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(world, tmp_path):
+    """`mindrlhf grpo` SIGKILLed after a mid-run checkpoint and resumed ends bit for bit where an uninterrupted
+    run does: weights, and every metric of every iteration (rollouts are seeded by the iteration, the prompt order
+    and the optimizer come back from the checkpoint)."""
+    root, _ = world
+    args = ["grpo", f"policy={root / 'policy'}", f"data.prompts={root / 'prompts.jsonl'}", "progress=false",
+            f"algo.iterations={STEPS}", f"rollout.batch_size={B}", f"rollout.group_size={G}",
+            f"rollout.max_new_tokens={N}", "algo.mini_batch_size=32", "algo.epochs=1", "optim.lr=1e-2",
+            "reward.functions=[mindrlhf.rewards:length_penalty]", f"save_every={SAVE_EVERY}", "keep_checkpoints=2"]
+    run_cli(args, tmp_path / "whole")
+    step = kill_after_a_checkpoint(args, tmp_path / "killed")
+    assert SAVE_EVERY <= step < STEPS, f"the run was not killed mid-way (latest checkpoint {step})"
+    assert not (tmp_path / "killed" / "model").exists()
+    run_cli(["grpo", f"--resume={tmp_path / 'killed'}", *args[1:]], tmp_path / "killed")
+    same_run(tmp_path / "whole", tmp_path / "killed")

@@ -140,6 +140,32 @@ def test_load_state_dict_names_what_is_missing_or_unknown():
         up.load_state_dict(state)
 
 
+class ManyTensors(nn.Cell):
+    """loss = Σ_i Σ (x·w_i) / normalizer over ``n`` small weight tensors (a LoRA model has a few hundred)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weights = ms.ParameterTuple(ms.Parameter(ms.Tensor(np.zeros((4, 2), np.float32)), name=f"w{i}")
+                                         for i in range(n))
+
+    def construct(self, x, normalizer):
+        return ops.addn([ops.matmul(x, w).sum() for w in self.weights]) / normalizer, x.sum()
+
+
+@pytest.mark.slow
+def test_an_accumulated_step_over_hundreds_of_tensors_compiles_and_moves_each_one():
+    """SmolLM2-135M's LoRA adapters are 240 tensors: Python loops over them in the accumulation, zeroing and
+    AdamW compiled into nested calls past MindSpore's depth limit of 1000 (it failed from about 200 on). Adam's
+    first step moves each weight by lr·g/(|g| + ε) = −lr here (each gradient is Σ x over two micro-batches = 8
+    per element). Slow: compiling the 300-tensor graphs took 2.5 min on the loaded 2-core CPU."""
+    cell = ManyTensors(300)
+    up = Updater(cell, list(cell.weights), OptimConfig(lr=0.01, warmup_steps=0), total_steps=1, accum_steps=2)
+    x = ms.Tensor(np.ones((1, 4), np.float32))
+    up.step([(x, ms.Tensor(1.0, ms.float32))] * 2)
+    for w in cell.weights:
+        np.testing.assert_allclose(w.asnumpy(), -0.01, rtol=1e-5, err_msg=w.name)
+
+
 def test_learning_rate_schedule():
     cfg = OptimConfig(lr=1.0, warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
     assert learning_rate(cfg, 0, 14) == pytest.approx(0.25)
