@@ -269,7 +269,7 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
         export_model(model, tokenizer, cfg, os.path.join(run_dir, "model"), base=cfg.model)
 
     stage = DPOStage(
-        ref_table, pad, data,
+        model, ref_table, pad, data,
         plan=plan, round_pairs=round_pairs,
         records=train_set,
         updater=updater,
@@ -290,12 +290,11 @@ class DPOStage(SupervisedStage):
     ``round_pairs(r, resumed=False)``'s (pairs, reference log-probs) and restarts the optimizer; a run
     resumed inside round r takes them back with ``resumed=True`` and keeps the checkpoint's optimizer."""
 
-    def __init__(self, ref_table: np.ndarray, pad_id: int, data: DPODataConfig, plan: Optional[RoundPlan] = None,
-                 round_pairs=None, **kwargs):
-        self.ref_table, self.n_fixed, self.pad_id, self.data = ref_table, len(ref_table), pad_id, data
+    def __init__(self, lm, ref_table: np.ndarray, pad_id: int, data: DPODataConfig,
+                 plan: Optional[RoundPlan] = None, round_pairs=None, **kwargs):
+        self.lm, self.ref_table, self.n_fixed, self.pad_id, self.data = lm, ref_table, len(ref_table), pad_id, data
         super().__init__(make_batch=self.batch, count=len, unit="pair", name="dpo", **kwargs)  # count: pairs
-        self.plan, self.round_pairs, self.round = plan, round_pairs, 1
-        self.batch_size, self.seed = kwargs["loop"].batch_size, kwargs["seed"]
+        self.plan, self.round_pairs, self.round, self.seed = plan, round_pairs, 1, self.order.seed
         if plan is not None:
             self.total_steps = plan.total
 
@@ -307,7 +306,7 @@ class DPOStage(SupervisedStage):
         pairs, logps = self.round_pairs(r, resumed)  # their ids start at n_fixed: after round 1's table
         self.ref_table = np.concatenate([self.ref_table[: self.n_fixed], logps])
         self.records, self.round = pairs, r
-        self.order = DataOrder(len(pairs), self.batch_size, self.seed + r - 1)
+        self.order = DataOrder(len(pairs), self.order.batch_size, self.seed + r - 1)
         if resumed:
             self.updater.total_steps = self.plan.steps[r - 1]
         else:
@@ -321,6 +320,12 @@ class DPOStage(SupervisedStage):
             metrics["round"] = self.round
         return metrics, units
 
+    def before_save(self) -> None:
+        """The generator of a later round re-prefixes the policy's parameter names (MindSpore's auto_prefix);
+        a checkpoint keeps the names a resumed run, which has not sampled yet, looks them up by."""
+        for name, p in self.lm.parameters_and_names():
+            p.name = name
+
     def boundary(self, done: int) -> bool:
         return self.plan is not None and done in self.plan.ends
 
@@ -328,8 +333,11 @@ class DPOStage(SupervisedStage):
         return {**super().state(), "round": self.round, "optimizer_steps": self.updater.step_count}
 
     def restore(self, state: dict) -> None:
-        if int(state.get("round", 1)) > 1:
-            self.enter_round(int(state["round"]), resumed=True)
+        r = int(state.get("round", 1))
+        if r > (len(self.plan.steps) if self.plan else 1):
+            raise ValueError(f"the checkpoint is in round {r} of iterated DPO; resume with iterate.rounds >= {r}")
+        if r > 1:
+            self.enter_round(r, resumed=True)
         super().restore(state)
 
     def postfix(self, metrics: dict) -> dict:
