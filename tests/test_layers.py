@@ -29,7 +29,7 @@ LAYERS = {
 FLOOR = ("io", "algos")
 # Modules of trainers/ that are not stages; every other module there is a stage (sft, reward, ppo, ...).
 NOT_STAGES = {"__init__", "artifacts", "loop", "supervised", "checkpoint", "metrics", "step", "experience", "adamw", "rankings",
-              "ppo_config", "grpo_config", "grpo_experience", "dpo_rounds"}
+              "ppo_config", "grpo_config", "grpo_experience", "dpo_reference", "dpo_rounds"}
 
 
 class Import(NamedTuple):

@@ -11,10 +11,10 @@ The pairs come from the rankings the reward model reads: a K-way ranking gives e
 best against each other (``data.pairs``), a chosen/rejected line one pair. Both answers of a pair go
 through the policy in one forward (rows 2p and 2p + 1). The reference's log-probs are computed before
 training in one compiled pass over every sequence of the data (train and held-out), once per sequence
-however many pairs share it, and kept in ``out_dir/reference_logps.npz`` for a resumed run. The reference
-is the starting model: with ``lora.enabled`` the policy's own base with the adapters off, without LoRA
-the policy before its first step (no second copy either way); a ``reference`` folder other than ``model``
-is loaded frozen for that one pass and released.
+however many pairs share it, and kept in ``out_dir/reference_logps.npz`` for a resumed run
+(:mod:`mindrlhf.trainers.dpo_reference`). The reference is the starting model: with ``lora.enabled`` the
+policy's own base with the adapters off, without LoRA the policy before its first step (no second copy
+either way); a ``reference`` folder other than ``model`` is loaded frozen for that one pass and released.
 
 With ``iterate.rounds`` > 1 each round after the first trains on the current policy's own answers, ranked
 (:mod:`mindrlhf.trainers.dpo_rounds`), tied to the same reference (``round{r}_reference_logps.npz``), as
@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-import hashlib
 import os
 from typing import ClassVar, Optional
 
@@ -39,24 +38,20 @@ import numpy as np
 from mindspore import nn, ops
 
 from .. import runtime
-from ..algos import DPO_LOSSES, dpo_loss, is_reference_free, logprobs_from_logits, masked_sum
+from ..algos import DPO_LOSSES, dpo_loss, is_reference_free
 from ..config import field, require
-from ..data.batching import sft_batch
 from ..data.encoding import encode_rankings
 from ..data.formats import load_rankings
 from ..data.pairs import PAIR_MODES, pair_batch, rankings_to_pairs
-from ..io import atomic_write
 from ..nn.lora import LoRAConfig, TrainableParams
 from ..roles import adapted_copy, frozen, load_lm
 from ..runtime import RuntimeConfig
 from .artifacts import export_model, resolve_tokenizer
+from .dpo_reference import REFERENCE_FILE, reference_pass, sequence_logps, stored_reference
 from .dpo_rounds import IterateConfig, RoundPlan, RoundSampler, plan_rounds, remove_round_files
 from .loop import prepare_run_dir, run_loop
 from .step import OptimConfig, Updater
 from .supervised import DataConfig, DataOrder, LoopConfig, SupervisedStage, split_heldout, with_dropout
-
-REFERENCE_FILE = "reference_logps.npz"
-
 
 @dataclasses.dataclass
 class DPODataConfig(DataConfig):
@@ -121,27 +116,6 @@ class DPOConfig:
         require(self.iterate.rounds == 1 or self.iterate.max_new_tokens < self.data.max_length,
                 "iterate.max_new_tokens", f"{self.iterate.max_new_tokens} leaves no room for a prompt in "
                                           f"data.max_length={self.data.max_length}")
-
-
-def sequence_logps(lm, input_ids, attention_mask, loss_mask):
-    """(Σ_t m_t · log π(y_t | y_<t), Σ_t m_t) per row, [B] each: log-probs summed over the response tokens.
-
-    m = loss_mask[:, 1:] (token-aligned: 1 on response tokens and EOS), so prompt and padding count 0."""
-    logits = lm(input_ids, attention_mask)[:, :-1, :]
-    logprobs = logprobs_from_logits(logits, input_ids[:, 1:])  # [B, T-1]: token t+1 given ≤ t
-    mask = loss_mask[:, 1:].astype(ms.float32)
-    return masked_sum(logprobs, mask, 1), ops.reduce_sum(mask, 1)
-
-
-class SequenceLogps(nn.Cell):
-    """(input_ids, attention_mask, loss_mask [B, T]) → log π(response) [B]: the reference pass."""
-
-    def __init__(self, lm):
-        super().__init__(auto_prefix=False)
-        self.lm = lm
-
-    def construct(self, input_ids, attention_mask, loss_mask):
-        return sequence_logps(self.lm, input_ids, attention_mask, loss_mask)[0]
 
 
 class DPOLoss(nn.Cell):
@@ -212,57 +186,6 @@ def heldout_metrics(loss_cell, pairs, ref_table, pad_id, data_cfg, rows: int, nl
                                           1.0, real))
         auxes.append(aux.asnumpy())
     return describe(auxes, prefix="eval_", nll=nll)
-
-
-# ------------------------------------------------------------------------------------ the reference pass
-
-
-def reference_pass(lm, sequences, pad_id: int, rows: int, pad_multiple: int, max_length: int) -> np.ndarray:
-    """log π_lm(response) of every sequence, float32 [N], by one compiled Cell over fixed-size batches.
-
-    Sequences are batched in length order (less padding, few length buckets); the last batch is filled
-    with copies, so only the bucketed length can trigger a compile."""
-    cell = SequenceLogps(lm)
-    order = np.argsort([len(s.input_ids) for s in sequences], kind="stable")
-    out = np.zeros(len(sequences), np.float32)
-    for start in range(0, len(order), rows):
-        idx = order[start : start + rows]
-        chunk = [sequences[i] for i in idx] + [sequences[idx[0]]] * (rows - len(idx))
-        b = sft_batch(chunk, pad_id, pad_multiple, max_length)
-        logps = cell(ms.Tensor(b["input_ids"], ms.int32), ms.Tensor(b["attention_mask"], ms.int32),
-                     ms.Tensor(b["loss_mask"], ms.float32))
-        out[idx] = logps.asnumpy()[: len(idx)]
-    return out
-
-
-def fingerprint(sequences) -> str:
-    """A hash of every sequence's tokens and loss mask, in order: which data a stored reference belongs to."""
-    digest = hashlib.sha256()
-    for s in sequences:
-        digest.update(np.asarray(s.input_ids, np.int32).tobytes() + b"|")
-        digest.update(np.asarray(s.loss_mask, np.int8).tobytes() + b";")
-    return digest.hexdigest()
-
-
-def stored_reference(path: str, sequences, compute, resume: bool) -> np.ndarray:
-    """The reference log-probs of ``sequences``: read from the .npz file ``path`` on resume, else
-    ``compute()``-d and written there (atomically, rank 0). A stored file made from other data is an error."""
-    key = fingerprint(sequences)
-    if resume and os.path.isfile(path):
-        with np.load(path) as stored:
-            logps, stored_key = stored["logps"], str(stored["fingerprint"])
-        if len(logps) != len(sequences) or stored_key != key:
-            raise ValueError(f"{path}: holds the reference log-probs of {len(logps)} sequences of other data, but "
-                             f"the data now gives {len(sequences)} sequences (or other tokens); resume with the "
-                             "data the run started with, or start a fresh run (--overwrite)")
-        return logps
-    logps = compute()
-    if runtime.current().is_main:
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.savez(fh, logps=logps, fingerprint=np.asarray(key))
-        atomic_write(path, write)
-    return logps
 
 
 # ------------------------------------------------------------------------------------ training
@@ -346,7 +269,7 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
         export_model(model, tokenizer, cfg, os.path.join(run_dir, "model"), base=cfg.model)
 
     stage = DPOStage(
-        ref_table, pad, data,
+        model, ref_table, pad, data,
         plan=plan, round_pairs=round_pairs,
         records=train_set,
         updater=updater,
@@ -367,12 +290,11 @@ class DPOStage(SupervisedStage):
     ``round_pairs(r, resumed=False)``'s (pairs, reference log-probs) and restarts the optimizer; a run
     resumed inside round r takes them back with ``resumed=True`` and keeps the checkpoint's optimizer."""
 
-    def __init__(self, ref_table: np.ndarray, pad_id: int, data: DPODataConfig, plan: Optional[RoundPlan] = None,
-                 round_pairs=None, **kwargs):
-        self.ref_table, self.n_fixed, self.pad_id, self.data = ref_table, len(ref_table), pad_id, data
+    def __init__(self, lm, ref_table: np.ndarray, pad_id: int, data: DPODataConfig,
+                 plan: Optional[RoundPlan] = None, round_pairs=None, **kwargs):
+        self.lm, self.ref_table, self.n_fixed, self.pad_id, self.data = lm, ref_table, len(ref_table), pad_id, data
         super().__init__(make_batch=self.batch, count=len, unit="pair", name="dpo", **kwargs)  # count: pairs
-        self.plan, self.round_pairs, self.round = plan, round_pairs, 1
-        self.batch_size, self.seed = kwargs["loop"].batch_size, kwargs["seed"]
+        self.plan, self.round_pairs, self.round, self.seed = plan, round_pairs, 1, self.order.seed
         if plan is not None:
             self.total_steps = plan.total
 
@@ -384,7 +306,7 @@ class DPOStage(SupervisedStage):
         pairs, logps = self.round_pairs(r, resumed)  # their ids start at n_fixed: after round 1's table
         self.ref_table = np.concatenate([self.ref_table[: self.n_fixed], logps])
         self.records, self.round = pairs, r
-        self.order = DataOrder(len(pairs), self.batch_size, self.seed + r - 1)
+        self.order = DataOrder(len(pairs), self.order.batch_size, self.seed + r - 1)
         if resumed:
             self.updater.total_steps = self.plan.steps[r - 1]
         else:
@@ -398,6 +320,12 @@ class DPOStage(SupervisedStage):
             metrics["round"] = self.round
         return metrics, units
 
+    def before_save(self) -> None:
+        """The generator of a later round re-prefixes the policy's parameter names (MindSpore's auto_prefix);
+        a checkpoint keeps the names a resumed run, which has not sampled yet, looks them up by."""
+        for name, p in self.lm.parameters_and_names():
+            p.name = name
+
     def boundary(self, done: int) -> bool:
         return self.plan is not None and done in self.plan.ends
 
@@ -405,8 +333,11 @@ class DPOStage(SupervisedStage):
         return {**super().state(), "round": self.round, "optimizer_steps": self.updater.step_count}
 
     def restore(self, state: dict) -> None:
-        if int(state.get("round", 1)) > 1:
-            self.enter_round(int(state["round"]), resumed=True)
+        r = int(state.get("round", 1))
+        if r > (len(self.plan.steps) if self.plan else 1):
+            raise ValueError(f"the checkpoint is in round {r} of iterated DPO; resume with iterate.rounds >= {r}")
+        if r > 1:
+            self.enter_round(r, resumed=True)
         super().restore(state)
 
     def postfix(self, metrics: dict) -> dict:

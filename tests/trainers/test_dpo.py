@@ -11,10 +11,8 @@ from mindrlhf.data.encoding import EncodedRanking, EncodedSequence
 from mindrlhf.data.pairs import rankings_to_pairs
 from mindrlhf.data.tokenizer import Tokenizer
 from mindrlhf.nn import CausalLM, ModelConfig
-from mindrlhf.trainers.dpo import (
-    REFERENCE_FILE, DPOAlgoConfig, DPOConfig, DPOLoss, batch_tensors, describe, reference_pass, stored_reference,
-    train_dpo,
-)
+from mindrlhf.trainers.dpo import DPOAlgoConfig, DPOConfig, DPOLoss, batch_tensors, describe, train_dpo
+from mindrlhf.trainers.dpo_reference import REFERENCE_FILE, reference_pass, stored_reference
 from mindrlhf.trainers.metrics import read_metrics
 
 from .test_kill_resume import SAVE_EVERY, STEPS, kill_after_a_checkpoint, run, same_run

@@ -24,7 +24,8 @@ from mindrlhf.roles import RewardModel
 from mindrlhf.tasks import make_rankings
 from mindrlhf.trainers.artifacts import export_reward_model
 from mindrlhf.trainers.checkpoint import load_cell_weights
-from mindrlhf.trainers.dpo import REFERENCE_FILE, DPOConfig, reference_pass, train_dpo
+from mindrlhf.trainers.dpo import DPOConfig, train_dpo
+from mindrlhf.trainers.dpo_reference import REFERENCE_FILE, reference_pass
 from mindrlhf.trainers.dpo_rounds import RoundSampler, round_generation, round_prompts
 from mindrlhf.trainers.metrics import read_metrics
 from mindrlhf.trainers.rankings import sample_responses
@@ -102,6 +103,10 @@ def test_round_two_trains_on_the_policys_samples_ranked_by_the_labeler(iterated,
     steps = {n: int(ms.load_checkpoint(str(iterated / "checkpoints" / f"step_{n:08d}" / "model.optim.ckpt"))
                     ["state_step"].asnumpy()) for n in (4, 6, 8)}
     assert steps == {4: 4, 6: 2, 8: 4}
+    # checkpoints after sampling keep the parameter names of those before (a resumed run looks them up)
+    names = {n: sorted(load_file(str(iterated / "checkpoints" / f"step_{n:08d}" / "model.safetensors")))
+             for n in (4, 6, 8)}
+    assert names[6] == names[8] == names[4] == sorted(n for n, _ in policy.parameters_and_names())
 
 
 def test_a_run_resumed_inside_round_two_ends_with_the_same_weights(iterated, dpo_toy, prompts, tmp_path, capsys):
@@ -109,9 +114,13 @@ def test_a_run_resumed_inside_round_two_ends_with_the_same_weights(iterated, dpo
     train_dpo(dpo_config(dpo_toy, out, *iterate_args(prompts, "iterate.steps=2")))  # stops after step 6 of 8
     drawn = (out / "round2_rankings.jsonl").stat().st_mtime_ns
     assert "sampling 4 answers to each of 16 prompts" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="in round 2 of iterated DPO; resume with iterate.rounds >= 2"):
+        train_dpo(dpo_config(dpo_toy, out, *iterate_args(prompts, "iterate.rounds=1")), resume=str(out))
+    capsys.readouterr()
     train_dpo(dpo_config(dpo_toy, out, *iterate_args(prompts)), resume=str(out))
     printed = capsys.readouterr().out
     assert "reading the rankings drawn before the run was resumed" in printed
+    assert "resuming from the previous checkpoint" not in printed  # from step 6, inside round 2
     assert "sampling" not in printed and "reference log-probs" not in printed  # both read back from the run folder
     assert (out / "round2_rankings.jsonl").stat().st_mtime_ns == drawn
     whole, resumed = load_file(str(iterated / "model" / "model.safetensors")), load_file(str(out / "model" /
