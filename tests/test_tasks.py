@@ -18,6 +18,7 @@ from mindrlhf.data.builtin.task import prompt_text, sample_prompts
 from mindrlhf.pipeline_config import WIRED, PipelineConfig
 from mindrlhf.plugins import PluginError
 from mindrlhf.tasks import TASKS, TaskConfig, load_judge, load_labeler, make_rankings, resolve_task, write_corpus
+from mindrlhf.trainers.dpo import DPOConfig
 from mindrlhf.trainers.ppo_config import PPOConfig
 from mindrlhf.trainers.reward import RMConfig
 from mindrlhf.trainers.sft import SFTConfig
@@ -186,7 +187,9 @@ def test_a_wrong_function_name_is_a_config_error_before_anything_runs(tmp_path):
 
 # ------------------------------------------------------------------ stage recipes: one source of tuned values
 
-STAGES = {"sft": SFTConfig, "rm": RMConfig, "ppo": PPOConfig}
+# The main job's stages and their recipe files.
+STAGES = {"sft": (SFTConfig, "sft_builtin.yaml"), "rm": (RMConfig, "rm_builtin.yaml"),
+          "dpo": (DPOConfig, "dpo_iterated_builtin.yaml")}
 
 
 def _leaves(cfg, prefix=""):
@@ -206,10 +209,11 @@ def _wired(stage, key):
 def test_the_main_job_runs_each_stage_with_its_recipes_values(stage):
     """configs/pipeline_builtin.yaml names the stage recipes and repeats none of their keys; every key of a
     stage section but the ones the pipeline wires itself (folders, data files) is the recipe's value."""
+    cls, recipe_file = STAGES[stage]
     text = (CONFIGS / "pipeline_builtin.yaml").read_text()
-    assert f"\n{stage}:" not in text and f"  {stage}: {stage}_builtin.yaml" in text
+    assert f"\n{stage}:" not in text and f"  {stage}: {recipe_file}" in text
     pipeline = getattr(load_config(PipelineConfig, str(CONFIGS / "pipeline_builtin.yaml")), stage)
-    recipe = load_config(STAGES[stage], str(CONFIGS / f"{stage}_builtin.yaml"))
+    recipe = load_config(cls, str(CONFIGS / recipe_file))
     ours, theirs = _leaves(pipeline), _leaves(recipe)
     differ = {k: (ours[k], theirs[k]) for k in ours if not _wired(stage, k) and ours[k] != theirs[k]}
     assert not differ
@@ -223,13 +227,14 @@ def test_the_main_jobs_tuned_values():
     want = {"sft.model": "tiny", "sft.data.max_length": 96, "sft.train.batch_size": 32, "sft.train.max_steps": 800,
             "sft.optim.lr": 3e-3, "sft.optim.warmup_steps": 40, "rankings.k": 8, "rankings.max_prompts": 1000,
             "rm.data.max_length": 96, "rm.data.eval_fraction": 0.05, "rm.train.batch_size": 16, "rm.train.epochs": 6.0,
-            "rm.optim.lr": 2e-3, "rm.optim.warmup_steps": 10, "ppo.rollout.batch_size": 64,
-            "ppo.rollout.max_new_tokens": 48, "ppo.algo.iterations": 60, "ppo.algo.epochs": 4,
-            "ppo.algo.mini_batch_size": 16, "ppo.algo.kl_coef": 0.2, "ppo.algo.adaptive_kl": False,
-            "ppo.data.prompts": "{task.prompts}", "iterate.rounds": 2, "iterate.rm_epochs": 3.0,
-            "iterate.ppo_iterations": 90, "eval.max_prompts": 200, "task.name": "builtin", "task.vocab_size": 1000}
+            "rm.optim.lr": 2e-3, "rm.optim.warmup_steps": 10, "algorithms": ["dpo"], "dpo.data.max_length": 96,
+            "dpo.data.pairs": "all", "dpo.train.batch_size": 32, "dpo.train.epochs": 1.0, "dpo.algo.beta": 0.5,
+            "dpo.algo.loss_type": "sigmoid", "dpo.optim.lr": 3e-4, "dpo.optim.warmup_steps": 20,
+            "dpo.iterate.rounds": 2, "dpo.iterate.k": 8, "dpo.iterate.prompts_per_round": 1000,
+            "dpo.iterate.noise": 0.5, "dpo.iterate.max_new_tokens": 48, "dpo.iterate.prompts": "{task.prompts}",
+            "iterate.rounds": 1, "eval.max_prompts": 200, "task.name": "builtin", "task.vocab_size": 1000}
     assert {k: values[k] for k in want} == want
-    assert values["ppo.judge"] == "" and values["ppo.reward.functions"] == []  # set from the task at run time
+    assert values["dpo.iterate.labeler"] == "{task.labeler}"  # the task's labeler, set at run time
 
 
 def test_a_recipe_is_checked_in_its_own_file_and_its_wired_keys_are_left_out(tmp_path):

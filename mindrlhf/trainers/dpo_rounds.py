@@ -61,7 +61,7 @@ class IterateConfig:
                           "(prompts_per_round × pairs per ranking / train.batch_size)")
     labeler: str = field("", "module:function (or file.py:function) ranking the k answers: labeler(prompts, "
                              "responses_per_prompt, *, rng, noise, **columns) -> index lists, best first")
-    labeler_kwargs: dict = field({}, "fixed keyword arguments of the labeler, e.g. {world: data/world.json}")
+    labeler_kwargs: dict = field({}, "fixed keyword arguments of the labeler, e.g. {rubric: data/rubric.json}")
     noise: float = field(0.5, "handed to the labeler (the built-in one adds Gaussian noise of this std to each score)")
     reward_model: str = field("", "reward-model folder (`mindrlhf rm`) ranking the k answers by its score, in place "
                                   "of a labeler")
