@@ -19,7 +19,6 @@ from mindrlhf.pipeline_config import WIRED, PipelineConfig
 from mindrlhf.plugins import PluginError
 from mindrlhf.tasks import TASKS, TaskConfig, load_judge, load_labeler, make_rankings, resolve_task, write_corpus
 from mindrlhf.trainers.dpo import DPOConfig
-from mindrlhf.trainers.ppo_config import PPOConfig
 from mindrlhf.trainers.reward import RMConfig
 from mindrlhf.trainers.sft import SFTConfig
 
