@@ -117,6 +117,9 @@ def _overoptimisation_lines(out_dir: str, stage: str) -> List[str]:
     metrics = os.path.join(out_dir, stage, "metrics.jsonl")
     if plot_overoptimisation({stage: metrics}, os.path.join(out_dir, png)) is None:
         return []
+    if "judge_score" not in overoptimisation_points(metrics):  # a task without a judge: the proxy alone
+        return ["The reward model's score of the rollouts against √KL to the reference, as changes from the first "
+                "iteration (Gao et al. 2023).", "", f"![over-optimisation]({png})", ""]
     return ["Over-optimisation (Gao et al. 2023): the judge's and the reward model's score of the rollouts against "
             "√KL to the reference, as changes from the first iteration. Where the reward model's keeps rising and "
             "the judge's does not, the policy is exploiting the reward model.", "", f"![over-optimisation]({png})", ""]
