@@ -186,7 +186,13 @@ def write_report(out_dir: str, summary: dict, answers: dict, n_samples: int,
     else:
         lines += ["Held-out prompts answered by each policy. The task has no judge: the reward model's score (what "
                   "PPO optimised), the KL and the answers are all there is to compare."]
-    lines += ["KL to reference = Σ_t log π(y_t) − log π_ref(y_t) over the answer, in nats.", ""]
+    lines += ["Each trained policy is the last checkpoint of its stage's schedule, fixed by its config before "
+              "training: none is chosen by looking at the held-out scores.",
+              "KL to reference = Σ_t log π(y_t) − log π_ref(y_t) over the answer, in nats."]
+    if any(a.chosen_by_rm for group in answers.values() for a in group):
+        lines.append("best_of_n rows: n sampled SFT answers per prompt, the reward model's pick; the same sampled "
+                     "answers in every decoding's table (against SFT's greedy answers in the greedy one).")
+    lines.append("")
     for decoding, group in answers.items():
         names = [a.name for a in group]
         png = f"report_scores_{decoding}.png"

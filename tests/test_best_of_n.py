@@ -92,3 +92,4 @@ def test_compare_gives_best_of_n_the_rows_of_a_policy(setup):
     # the report gives it a row of each table and a head-to-head line against the baseline
     text = open(write_report(str(root), summary, answers, 2, stages=())).read()
     assert text.count("| best_of_4 | ") == 2 and text.count("best_of_4 against sft: ") == 2
+    assert "best_of_n rows: n sampled SFT answers" in text
