@@ -3,7 +3,7 @@
 // whole [N, V] never exists. Per row, over chunks, an online logsumexp (Milakov & Gimelshein, 2018) keeps
 //   m = max so far,  s = sum exp(l - m),  u = sum exp(l - m) (l - m),  t = the taken token's logit;
 // a new chunk with a larger max rescales s and u by exp(m_old - m_new). At the end
-//   lse = m + log s,   log p(y) = t - lse,   entropy = -sum p log p = log s - u / s.
+//   lse = m + log s,   log p(y) = (t - m) - log s,   entropy = -sum p log p = log s - u / s.
 // The gradient of a chunk, from the upstream gradients g_lp of log p(y) and g_ent of the entropy:
 //   dl_v = g_lp (1[v = y] - p_v) - g_ent p_v (log p_v + entropy),   p_v = exp(l_v - lse).
 #include <algorithm>
@@ -62,7 +62,7 @@ AOT_KERNEL(LogitsFinish) {
   for (int64_t i = 0; i < rows; i++) {
     const float *st = state + i * 4;
     const float log_s = std::log(st[1]), lse = st[0] + log_s;
-    logp[i] = st[3] - lse;
+    logp[i] = (st[3] - st[0]) - log_s;  // as log_softmax: t - m is exact when t is near m
     stats[2 * i] = log_s - st[2] / st[1];
     stats[2 * i + 1] = lse;
   }
