@@ -304,7 +304,7 @@ def _fmt(x, digits=2):
 
 def _settings_text(s: dict) -> str:
     keys = ("batch", "prompt_len", "new_tokens", "seq_len", "epochs", "mini_batch", "jit_level", "graph_kernel",
-            "threads", "ms_threads")
+            "kernels", "threads", "ms_threads")
     return " ".join(f"{k}={s[k]}" for k in keys if s.get(k) not in (None, ""))
 
 

@@ -107,7 +107,7 @@ def side_ours(args) -> dict:
                     data=PPODataConfig(prompts=os.path.join(args.dir, "prompts.jsonl"), max_prompt_length=64),
                     rollout=RolloutConfig(batch_size=args.batch, max_new_tokens=args.new_tokens, temperature=1.0),
                     algo=PPOAlgoConfig(iterations=args.iters + 1, epochs=args.epochs, mini_batch_size=args.mini_batch),
-                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or ""))
+                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", kernels=args.kernels))
     trainer = PPOTrainer(cfg)
     trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side
     ids = prompts_for(args, trainer.actor_lm.config.vocab_size)
@@ -141,6 +141,7 @@ def side_ours(args) -> dict:
               f"score {row['score']:.2f}, train {row['train']:.2f}); pg_loss {metrics['pg_loss']:.4f}", flush=True)
     out = summarize(iterations, args)
     out.update(setup_s=setup_s, jit_level=args.jit_level, graph_kernel=args.graph_kernel, ms_threads=args.ms_threads,
+               kernels=args.kernels,
                versions=bc.versions("mindspore", "numpy"))
     return out
 
@@ -243,7 +244,8 @@ def side_trl(args) -> dict:
 def child_args(args, side: str, size: str, folder: str) -> list:
     out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
            "--prompt-len", args.prompt_len, "--new-tokens", args.new_tokens, "--epochs", args.epochs,
-           "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads]
+           "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads,
+           "--kernels", args.kernels]
     if args.jit_level:
         out += ["--jit-level", args.jit_level]
     if args.graph_kernel:
@@ -263,7 +265,7 @@ def describe(d: dict) -> str:
 def orchestrate(args) -> dict:
     return bc.orchestrate(os.path.abspath(__file__), args, "ppo", "trl", args.trl_python, child_args,
                           ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch", "iters", "jit_level",
-                           "graph_kernel", "threads", "ms_threads"),
+                           "graph_kernel", "kernels", "threads", "ms_threads"),
                           NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
 
 
@@ -282,6 +284,7 @@ def main():
                         help="MindSpore CPU kernel threads (device_context.cpu.op_tuning.threads_num); 0 = its default")
     parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
     parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
+    parser.add_argument("--kernels", default="auto", choices=["auto", "fused", "reference"], help="runtime.kernels")
     parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"],
                         help="run one side only (lever sweeps)")
     parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")
