@@ -17,6 +17,7 @@ AOT_KERNEL(SwigluForward) {
   const float *h = mrl::f32(params, 0);
   float *y = mrl::f32(params, 1);
   const int64_t w2 = mrl::last_dim(ndims, shapes, 0), w = w2 / 2, rows = mrl::numel(ndims, shapes, 0) / w2;
+  if (w2 % 2 != 0) return 1;
   mrl::parallel_rows(rows, w2, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       const float *a = h + i * w2, *b = a + w;
@@ -33,6 +34,7 @@ AOT_KERNEL(SwigluBackward) {
   const float *dy = mrl::f32(params, 0), *h = mrl::f32(params, 1);
   float *dh = mrl::f32(params, 2);
   const int64_t w2 = mrl::last_dim(ndims, shapes, 1), w = w2 / 2, rows = mrl::numel(ndims, shapes, 1) / w2;
+  if (w2 % 2 != 0 || mrl::numel(ndims, shapes, 0) != rows * w) return 1;
   mrl::parallel_rows(rows, 2 * w2, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       const float *a = h + i * w2, *b = a + w, *dyi = dy + i * w;
@@ -69,6 +71,7 @@ AOT_KERNEL(GeluTanhBackward) {
   const float *dy = mrl::f32(params, 0), *x = mrl::f32(params, 1);
   float *dx = mrl::f32(params, 2);
   const int64_t n = mrl::numel(ndims, shapes, 1), block = 4096;
+  if (mrl::numel(ndims, shapes, 0) != n) return 1;
   mrl::parallel_rows((n + block - 1) / block, 2 * block, [&](int64_t begin, int64_t end) {
     const int64_t stop = std::min(end * block, n);
 #pragma omp simd

@@ -49,15 +49,15 @@ inline float exp_f32(float x) {
 
 inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 
-// Calls fn(part, begin, end) on contiguous slices of [0, rows), part = 0, 1, ... in row order, over up to
-// num_threads() threads, the caller taking part 0; with less than ~32k elements of work (rows * cost) it
-// runs on the caller alone. Returns the number of parts (at most max_parts, or num_threads() when 0).
-int parallel_parts(int64_t rows, int64_t cost, const std::function<void(int, int64_t, int64_t)> &fn,
-                   int max_parts = 0);
+// Calls fn(block, begin, end) for the blocks of [0, rows): block_count(rows, cost) contiguous slices in row
+// order, a function of the sizes only, spread over up to num_threads() threads (the caller among them); with
+// less than ~16k elements of work (rows * cost) there is one block, on the caller.
+void parallel_blocks(int64_t rows, int64_t cost, const std::function<void(int64_t, int64_t, int64_t)> &fn);
+int64_t block_count(int64_t rows, int64_t cost);
 int num_threads();
 
 inline void parallel_rows(int64_t rows, int64_t cost, const std::function<void(int64_t, int64_t)> &fn) {
-  parallel_parts(rows, cost, [&](int, int64_t begin, int64_t end) { fn(begin, end); });
+  parallel_blocks(rows, cost, [&](int64_t, int64_t begin, int64_t end) { fn(begin, end); });
 }
 
 }  // namespace mrl

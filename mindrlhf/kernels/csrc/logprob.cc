@@ -20,6 +20,7 @@ AOT_KERNEL(LogitsChunkStats) {
   const float *state_in = first ? nullptr : mrl::f32(params, 2);
   float *state = mrl::f32(params, nparam - 1);
   const int64_t c = mrl::last_dim(ndims, shapes, 0), rows = mrl::numel(ndims, shapes, 0) / c;
+  if (mrl::numel(ndims, shapes, 1) != rows || (!first && mrl::numel(ndims, shapes, 2) != rows * 4)) return 1;
   mrl::parallel_rows(rows, 2 * c, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       const float *l = logits + i * c;
@@ -78,6 +79,9 @@ AOT_KERNEL(LogitsChunkGrad) {
   const float *g_lp = mrl::f32(params, 3), *g_stats = mrl::f32(params, 4);
   float *grad = mrl::f32(params, 5);
   const int64_t c = mrl::last_dim(ndims, shapes, 0), rows = mrl::numel(ndims, shapes, 0) / c;
+  if (mrl::numel(ndims, shapes, 1) != rows || mrl::numel(ndims, shapes, 2) != 2 * rows ||
+      mrl::numel(ndims, shapes, 3) != rows || mrl::numel(ndims, shapes, 4) != 2 * rows)
+    return 1;
   mrl::parallel_rows(rows, 2 * c, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       const float *l = logits + i * c;

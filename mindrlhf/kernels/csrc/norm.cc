@@ -12,6 +12,7 @@ AOT_KERNEL(RmsNormForward) {
   const float eps = mrl::f32(params, 2)[0];
   float *y = mrl::f32(params, 3), *r = mrl::f32(params, 4);
   const int64_t d = mrl::last_dim(ndims, shapes, 0), rows = mrl::numel(ndims, shapes, 0) / d;
+  if (mrl::numel(ndims, shapes, 1) != d) return 1;
   mrl::parallel_rows(rows, d, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       const float *xi = x + i * d;
@@ -33,11 +34,12 @@ AOT_KERNEL(RmsNormBackward) {
   const float *dy = mrl::f32(params, 0), *x = mrl::f32(params, 1), *w = mrl::f32(params, 2), *r = mrl::f32(params, 3);
   float *dx = mrl::f32(params, 4), *dw = mrl::f32(params, 5);
   const int64_t d = mrl::last_dim(ndims, shapes, 1), rows = mrl::numel(ndims, shapes, 1) / d;
-  // dw: one partial sum per slice of rows, added in slice order (the same result for the same thread count)
-  const int max_parts = mrl::num_threads();
-  std::vector<float> partial(static_cast<size_t>(max_parts) * d, 0.0f);
-  const int parts = mrl::parallel_parts(rows, 2 * d, [&](int part, int64_t begin, int64_t end) {
-    float *acc = partial.data() + part * d;
+  if (mrl::numel(ndims, shapes, 0) != rows * d || mrl::numel(ndims, shapes, 2) != d) return 1;
+  // dw: one partial sum per block of rows, added in block order: the same bits whatever the thread count
+  const int64_t blocks = mrl::block_count(rows, 2 * d);
+  std::vector<float> partial(static_cast<size_t>(blocks) * d, 0.0f);
+  mrl::parallel_blocks(rows, 2 * d, [&](int64_t block, int64_t begin, int64_t end) {
+    float *acc = partial.data() + block * d;
     for (int64_t i = begin; i < end; i++) {
       const float *dyi = dy + i * d, *xi = x + i * d;
       float *dxi = dx + i * d;
@@ -52,10 +54,10 @@ AOT_KERNEL(RmsNormBackward) {
         acc[j] += dyi[j] * xi[j] * ri;
       }
     }
-  }, max_parts);
+  });
   std::fill(dw, dw + d, 0.0f);
-  for (int p = 0; p < parts; p++) {
-    const float *acc = partial.data() + p * d;
+  for (int64_t b = 0; b < blocks; b++) {
+    const float *acc = partial.data() + b * d;
 #pragma omp simd
     for (int64_t j = 0; j < d; j++) dw[j] += acc[j];
   }
