@@ -7,6 +7,7 @@
 | ``gelu_tanh()`` | (x) -> GELU, tanh form | ``cpu.GeluTanh`` | ``ops.gelu`` | ``reference.GeluTanh`` |
 | ``rope()`` | (x, cos, sin [..., D]) -> rotated x | ``cpu.Rope`` | ``ops.rotary_position_embedding`` | ``reference.Rope`` |
 | ``token_logprobs()`` | (hidden [N, H], weight [V, H], labels [N]) -> (log p(label), entropy) [N] | ``lm_head.TokenLogprobs`` | reference | ``reference.TokenLogprobs`` |
+| ``sum_squares()`` | (x) -> Σ x² [] (gradient clipping's norm) | ``cpu.SumSquares`` | reference | ``reference.SumSquares`` |
 
 ``auto`` (the default) takes the fused CPU kernels on CPU when their library builds (``build.py``; without a
 compiler, one printed line and the reference ones), MindSpore's fused operators on Ascend, and the reference
@@ -27,6 +28,7 @@ _CELLS = {
     "gelu_tanh": {"fused": cpu.GeluTanh, "ascend": ascend.GeluTanh, "reference": reference.GeluTanh},
     "rope": {"fused": cpu.Rope, "ascend": ascend.Rope, "reference": reference.Rope},
     "token_logprobs": {"fused": lm_head.TokenLogprobs, "reference": reference.TokenLogprobs},
+    "sum_squares": {"fused": cpu.SumSquares, "reference": reference.SumSquares},
 }
 
 
@@ -86,3 +88,7 @@ def rope():
 
 def token_logprobs():
     return _cell("token_logprobs")
+
+
+def sum_squares():
+    return _cell("sum_squares")

@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 
 SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
@@ -113,6 +114,7 @@ def library() -> str:
         raise KernelBuildError(f"no C++ compiler: `{cxx}` is not on PATH (install g++, or set CXX)")
     target = os.path.join(cache_root(), build_hash(cxx), LIBRARY)
     if not os.path.isfile(target):
+        print(f"[kernels] building the CPU kernels into {os.path.dirname(target)} (once)", file=sys.stderr)
         _compile(cxx, target)
     try:
         # MindSpore's Custom op opens this same file, so this handle is the library its kernels run in

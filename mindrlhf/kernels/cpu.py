@@ -93,3 +93,15 @@ class Rope(nn.Cell):
 
     def construct(self, x, cos, sin):
         return self.op(x, cos, sin)
+
+
+class SumSquares(nn.Cell):
+    """Σ x², over every element of x: construct(x) -> [] (0-d). No backward (a gradient norm is not
+    differentiated)."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = aot("SumSquares", lambda x: [1], _same)
+
+    def construct(self, x):
+        return self.op(x).reshape(())

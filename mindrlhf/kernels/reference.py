@@ -73,6 +73,13 @@ class Rope(nn.Cell):
         return apply_rope(x, cos, sin)
 
 
+class SumSquares(nn.Cell):
+    """Σ x², over every element of x: construct(x) -> [] (0-d)."""
+
+    def construct(self, x):
+        return ops.reduce_sum(ops.square(x.astype(ms.float32)))
+
+
 class TokenLogprobs(nn.Cell):
     """construct(hidden [N, H], weight [V, H], labels [N]) -> (log p(labels) [N], entropy [N]) under
     p = softmax(hidden · weightᵀ): the [N, V] logits, then log-softmax (algos)."""

@@ -6,6 +6,7 @@ another order), so each comparison allows |got − expected| ≤ TOL · max|expe
 against the float64 values and between fused and reference alike. Measured relative errors against float64:
 fused 4e-8 to 1.3e-6, reference 4e-8 to 2.7e-6 (the largest: gradients of GELU and of the LM head).
 """
+import ctypes
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from mindrlhf.kernels import cpu, lm_head, reference
+from mindrlhf.kernels import build, cpu, lm_head, reference
 from mindrlhf.nn.layers import rope_tables
 
 import float64_kernels as numeric
@@ -127,6 +128,42 @@ def test_fused_kernel_matches_reference(cases, name):
     ref_outs, ref_grads = _run(c["reference"], c["inputs"], c["cotangents"], c["wrt"])
     _close(outs, ref_outs, f"{name} output")
     _close(grads, ref_grads, f"{name} gradient")
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_sum_squares(mode):
+    """Σ x² of a gradient-sized tensor (many blocks) against float64 and the composition; forward only."""
+    if mode == "pynative":
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    x = (RNG.normal(size=(300, 1001)) * np.linspace(0.01, 10.0, 1001)).astype(np.float32)
+    expected = (x.astype(np.float64) ** 2).sum()
+    got = cpu.SumSquares()(Tensor(x))
+    assert got.shape == ()
+    assert abs(float(got.asnumpy()) - expected) < 1e-6 * expected
+    ref = float(reference.SumSquares()(Tensor(x)).asnumpy())
+    assert abs(float(got.asnumpy()) - ref) < TOL * expected
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """The kernels cut their work into blocks by size alone and add partial sums in block order: RMSNorm's
+    weight gradient and the sum of squares come out bit for bit the same on 1, 2 or 3 threads."""
+    lib = ctypes.CDLL(build.library())  # the library MindSpore's operators run in
+    x = RNG.normal(size=(256, 512)).astype(np.float32)
+    w = RNG.uniform(0.5, 1.5, 512).astype(np.float32)
+    cot = [RNG.normal(size=x.shape).astype(np.float32)]
+    norm, total = cpu.RMSNorm(512, 1e-6), cpu.SumSquares()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            lib.mindrlhf_set_threads(threads)
+            assert lib.mindrlhf_threads() == threads
+            outs, grads = _run(norm, [x, w], cot, [0, 1])
+            results.append(outs + grads + [total(Tensor(x)).asnumpy()])
+    finally:
+        lib.mindrlhf_set_threads(build.kernel_threads())
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_token_logprobs_chunks_agree_and_survive_large_logits():
