@@ -22,23 +22,20 @@ def _same(*args):
     return args[0]
 
 
-def _rms_norm_ops():
-    backward = aot("RmsNormBackward", lambda dy, x, w, r: (x, w), lambda dy, x, w, r: (x, w))
-
-    def bprop(x, weight, eps, out, dout):
-        dx, dw = backward(dout[0], x, weight, out[1])
-        return dx, dw, ops.zeros_like(eps)
-
-    return aot("RmsNormForward", lambda x, w, e: (x, x[:-1]), lambda x, w, e: (x, x), bprop)
-
-
 class RMSNorm(nn.Cell):
-    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis. construct(x [..., D], weight [D]) -> [..., D]."""
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis. construct(x [..., D], weight [D]) -> [..., D].
+    ``dim`` is the reference's argument (its column of ones); the kernel reads D from x."""
 
     def __init__(self, dim, eps):
         super().__init__()
         self.eps = Tensor([eps], ms.float32)
-        self.op = _rms_norm_ops()
+        backward = aot("RmsNormBackward", lambda dy, x, w, r: (x, w), lambda dy, x, w, r: (x, w))
+
+        def bprop(x, weight, eps, out, dout):
+            dx, dw = backward(dout[0], x, weight, out[1])  # out[1]: the rows' 1 / rms from the forward
+            return dx, dw, ops.zeros_like(eps)
+
+        self.op = aot("RmsNormForward", lambda x, w, e: (x, x[:-1]), lambda x, w, e: (x, x), bprop)
 
     def construct(self, x, weight):
         y, _ = self.op(x, weight, self.eps)

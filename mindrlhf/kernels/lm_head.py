@@ -1,21 +1,24 @@
 """The LM head fused with the log-probability of the taken token and the entropy (CPU), after Liger-Kernel's
-fused linear cross-entropy: the logits hidden · weightᵀ are made a chunk of vocabulary rows at a time
-(MindSpore's matmul) and folded into per-row running statistics (the CPU library's kernels), so the
-[N, V] logits are never made at once when they are larger than a chunk.
+fused linear cross-entropy: logits = hidden · weightᵀ, then one kernel folds each row into its log-probability
+and entropy, and in the backward one kernel turns the logits into their gradient, which two matmuls carry to
+hidden and to the weight. Neither the log-softmax [N, V] nor a one-hot gradient is made.
 
     log p(y_n) = logits[n, y_n] − logsumexp_v logits[n, v],   entropy_n = −Σ_v p_nv log p_nv
 
-The backward turns each chunk's logits into that chunk's gradient (one kernel), which two matmuls carry to
-hidden and to the weight's rows. With one chunk it reuses the forward's logits (graph mode merges the two
-identical matmuls, so the graph keeps them, as the plain composition keeps its log-softmax); with several
-it makes each chunk's logits again, one more matmul per chunk in exchange for holding one chunk at a time.
+When the logits would pass CHUNK_ELEMENTS they are made a chunk of vocabulary rows at a time, folded into
+per-row running statistics (an online logsumexp), and made again chunk by chunk in the backward (one more
+matmul per chunk), so one chunk exists at a time. With one chunk the backward reuses the forward's logits:
+graph mode merges the two identical matmuls, so the graph keeps them, as the plain composition keeps its
+log-softmax. Measured (docs/performance.md): in MindSpore 2.10's CPU graphs chunking did not lower the peak
+resident memory below one chunk's up to 2048 rows of GPT-2's head (assembling the weight's gradient from
+chunks costs about what the logits do), hence the large default.
 """
 from mindspore import nn, ops
 
 from .cpu import aot
 
-# Logits per chunk, [N, chunk]: 32M floats, 128 MB (GPT-2's head on 667 rows).
-CHUNK_ELEMENTS = 1 << 25
+# Logits per chunk, [N, chunk]: 128M floats, 512 MB (GPT-2's head on 2670 rows).
+CHUNK_ELEMENTS = 1 << 27
 
 
 def chunk_size(rows: int, vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
