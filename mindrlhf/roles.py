@@ -150,6 +150,13 @@ class Policy(nn.Cell):
         logits = self.lm.logits_from_hidden(hidden)
         return logprobs_from_logits(logits, input_ids[:, total - response_len :]), logits
 
+    def response_logprobs_entropy(self, input_ids, attention_mask, response_len: int):
+        """(logprobs [B, N], entropy [B, N]) of the last N = ``response_len`` tokens, as ``response_logprobs``
+        but through the LM's fused head (``CausalLM.token_logprobs``): no [B, N, V] logits are made or kept."""
+        total = input_ids.shape[1]
+        hidden = self.lm.hidden_states(input_ids, attention_mask)[:, total - 1 - response_len : total - 1, :]
+        return self.lm.token_logprobs(hidden, input_ids[:, total - response_len :])
+
 
 def frozen(cell: nn.Cell) -> nn.Cell:
     """``cell`` with every parameter's requires_grad off (a role that never trains)."""

@@ -14,8 +14,8 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
+from .. import kernels, runtime
 from ..config import field, require
-from .. import runtime
 from .adamw import AdamW
 
 
@@ -59,10 +59,11 @@ def build_optimizer(params, cfg: OptimConfig) -> AdamW:
     return AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def global_norm(grads):
+def global_norm(grads, sum_squares):
+    """sqrt(Σ over every gradient of Σ g²); ``sum_squares`` is a `kernels.sum_squares()` Cell."""
     total = ops.zeros((), ms.float32)
     for g in grads:
-        total = total + ops.reduce_sum(ops.square(g.astype(ms.float32)))
+        total = total + sum_squares(g)
     return ops.sqrt(total)
 
 
@@ -87,11 +88,12 @@ class ApplyGradients(nn.Cell):
         self.optimizer = optimizer
         self.max_grad_norm = float(max_grad_norm)
         self.reducer = _reducer(optimizer.parameters)
+        self.sum_squares = kernels.sum_squares()
 
     def construct(self, grads):
         if self.reducer is not None:
             grads = self.reducer(grads)
-        norm = global_norm(grads)
+        norm = global_norm(grads, self.sum_squares)
         if self.max_grad_norm > 0:
             grads = clip_by_norm(grads, norm, self.max_grad_norm)
         self.optimizer(grads)
