@@ -15,7 +15,7 @@ from .config import field, require
 
 DEVICES = ("CPU", "GPU", "Ascend")
 MODES = ("graph", "pynative")
-KERNELS = ("auto", "fused", "reference")
+KERNELS = ("reference", "auto", "fused")
 
 
 @dataclasses.dataclass
@@ -28,10 +28,11 @@ class RuntimeConfig:
                                       "memory but compiles up to 3.4x longer and slowed the tiny model "
                                       "(docs/performance.md)")
     device_id: int = field(-1, "device index; -1 = from the environment (msrun sets it per worker)")
-    kernels: str = field("auto", "the model's hot fused operations (mindrlhf/kernels): auto = hand-written CPU "
-                                 "kernels on CPU (built with g++ on first use; without one, the reference), "
-                                 "MindSpore's fused ops on Ascend, else the reference; fused = insist on them; "
-                                 "reference = MindSpore op compositions everywhere")
+    kernels: str = field("reference", "the model's hot operations (mindrlhf/kernels): reference = compositions of "
+                                      "MindSpore ops on every device; auto = hand-written C++ kernels on CPU (built "
+                                      "with g++ on first use; without g++, the reference) and MindSpore's fused ops "
+                                      "on Ascend; fused = those or stop. reference is the default until the main "
+                                      "job is re-measured with the fused kernels")
 
     def validate(self):
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
@@ -50,7 +51,7 @@ class Runtime:
     world_size: int = 1
     device: str = "CPU"
     mode: str = "graph"
-    kernels: str = "auto"
+    kernels: str = "reference"
 
     @property
     def distributed(self) -> bool:
