@@ -71,7 +71,7 @@ class _SequenceLogprob(nn.Cell):
         self.policy, self.n = policy, response_len
 
     def construct(self, input_ids, attention_mask, response_mask):
-        logprobs, _ = self.policy.response_logprobs_entropy(input_ids, attention_mask, self.n)
+        logprobs, _ = self.policy.response_logprobs(input_ids, attention_mask, self.n)
         return (logprobs * response_mask).sum(-1)
 
 

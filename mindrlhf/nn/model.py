@@ -100,6 +100,12 @@ class CausalLM(nn.Cell):
                                                labels.reshape(b * t).astype(ms.int32))
         return logprobs.reshape(b, t), entropy.reshape(b, t)
 
+    def next_token_logprobs(self, input_ids, attention_mask=None):
+        """(log π(token t+1 | tokens ≤ t), entropy at t) for t < T−1, [B, T-1] each: every position of a
+        right-padded sequence scored (SFT's loss, DPO's and `mindrlhf score`'s sums), through `token_logprobs`."""
+        hidden = self.hidden_states(input_ids, attention_mask)[:, :-1, :]
+        return self.token_logprobs(hidden, input_ids[:, 1:])
+
     def _embed(self, input_ids, positions):
         x = self.embed_tokens(input_ids)
         if self.gpt2:

@@ -56,7 +56,7 @@ class ScoringPass(nn.Cell):
 
     Built with ``actor=None`` it skips the actor's forward and returns (ref_logprobs, values, raw_scores): the
     sampler's own log-probs are then log π_old (see ``RolloutConfig.reuses_generation_logprobs``). The policies
-    put their LM head on the N response positions only (:meth:`~mindrlhf.roles.Policy.response_logprobs_entropy`).
+    put their LM head on the N response positions only (:meth:`~mindrlhf.roles.Policy.response_logprobs`).
     """
 
     def __init__(self, actor, reference, critic, reward_model, response_len: int):
@@ -68,12 +68,12 @@ class ScoringPass(nn.Cell):
         self.n = response_len
 
     def construct(self, input_ids, attention_mask, last_index):
-        ref_logprobs, _ = self.reference.response_logprobs_entropy(input_ids, attention_mask, self.n)
+        ref_logprobs, _ = self.reference.response_logprobs(input_ids, attention_mask, self.n)
         values = response_slice(self.critic(input_ids, attention_mask), self.n, input_ids.shape[1])
         scores = self.reward_model(input_ids, attention_mask, last_index)
         if not self.with_actor:
             return ref_logprobs, values, scores
-        old_logprobs, _ = self.actor.response_logprobs_entropy(input_ids, attention_mask, self.n)
+        old_logprobs, _ = self.actor.response_logprobs(input_ids, attention_mask, self.n)
         return old_logprobs, ref_logprobs, values, scores
 
 

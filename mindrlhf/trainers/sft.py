@@ -67,8 +67,7 @@ class SFTLoss(nn.Cell):
         self.model = model
 
     def construct(self, input_ids, attention_mask, loss_mask, normalizer):
-        hidden = self.model.hidden_states(input_ids, attention_mask)[:, :-1, :]
-        logprobs, _ = self.model.token_logprobs(hidden, input_ids[:, 1:])  # [B, T-1]: token t+1 given ≤ t
+        logprobs, _ = self.model.next_token_logprobs(input_ids, attention_mask)  # [B, T-1]: token t+1 given ≤ t
         mask = loss_mask[:, 1:].astype(ms.float32)
         nll = -ops.reduce_sum(logprobs * mask)
         return nll / normalizer, nll
