@@ -10,6 +10,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["mindrlhf", "mindrlhf.*"]),
+    # the CPU kernels' C++ sources, compiled on first use (mindrlhf/kernels/build.py)
+    package_data={"mindrlhf.kernels": ["csrc/*.cc", "csrc/*.h"]},
     install_requires=[
         "mindspore==2.10.0",
         "numpy<2",  # mindspore 2.10 fails on its first numpy-touching op with numpy 2.x

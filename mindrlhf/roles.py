@@ -18,7 +18,6 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn, ops
 
-from .algos import logprobs_from_logits
 from .nn import CausalLM, ModelConfig, ScalarHead
 from .io.gguf import is_gguf
 from .nn.lora import LoRAConfig, apply_lora, shared_copy
@@ -124,10 +123,10 @@ class Critic(nn.Cell):
 
 
 class Policy(nn.Cell):
-    """Actor or reference: log π(y_t | x, y_<t) for each response token.
+    """Actor or reference: log π(y_t | x, y_<t) and the entropy of π at each response token.
 
-    construct(input_ids [B, T], attention_mask [B, T]) → logprobs [B, T-1] of token t+1 given ≤ t,
-    and the logits they came from (for entropy), [B, T-1, V].
+    construct(input_ids [B, T], attention_mask [B, T]) → (logprobs, entropy), [B, T-1] each, of token t+1
+    given ≤ t.
     """
 
     def __init__(self, lm: CausalLM):
@@ -138,17 +137,17 @@ class Policy(nn.Cell):
         return self.response_logprobs(input_ids, attention_mask, input_ids.shape[1] - 1)
 
     def response_logprobs(self, input_ids, attention_mask, response_len: int):
-        """(logprobs [B, N], logits [B, N, V]) of the last N = ``response_len`` tokens: construct's last N columns.
+        """(logprobs [B, N], entropy [B, N]) of the last N = ``response_len`` tokens: construct's last N columns.
 
-        The trunk runs over all T columns (a response token attends to its prompt), but the LM head and the
-        log-softmax only over the N positions that predict response tokens (columns T−N−1 … T−2): the head,
-        hidden × vocab per position, is the biggest matmul of a small model (GPT-2: 768 × 50257), and PPO
-        never reads the prompt's logits. ``response_len`` is a Python int (a static shape in graph mode).
+        The trunk runs over all T columns (a response token attends to its prompt), but the LM head
+        (``CausalLM.token_logprobs``) only over the N positions that predict response tokens (columns
+        T−N−1 … T−2): the head, hidden × vocab per position, is the biggest matmul of a small model (GPT-2:
+        768 × 50257), and RL never reads the prompt's log-probs. ``response_len`` is a Python int (a static
+        shape in graph mode).
         """
         total = input_ids.shape[1]
         hidden = self.lm.hidden_states(input_ids, attention_mask)[:, total - 1 - response_len : total - 1, :]
-        logits = self.lm.logits_from_hidden(hidden)
-        return logprobs_from_logits(logits, input_ids[:, total - response_len :]), logits
+        return self.lm.token_logprobs(hidden, input_ids[:, total - response_len :])
 
 
 def frozen(cell: nn.Cell) -> nn.Cell:

@@ -15,6 +15,7 @@ from .config import field, require
 
 DEVICES = ("CPU", "GPU", "Ascend")
 MODES = ("graph", "pynative")
+KERNELS = ("reference", "auto", "fused")
 
 
 @dataclasses.dataclass
@@ -27,6 +28,11 @@ class RuntimeConfig:
                                       "memory but compiles up to 3.4x longer and slowed the tiny model "
                                       "(docs/performance.md)")
     device_id: int = field(-1, "device index; -1 = from the environment (msrun sets it per worker)")
+    kernels: str = field("reference", "the model's hot operations (mindrlhf/kernels): reference = compositions of "
+                                      "MindSpore ops on every device; auto = hand-written C++ kernels on CPU (built "
+                                      "with g++ on first use; without g++, the reference) and MindSpore's fused ops "
+                                      "on Ascend; fused = those or stop. reference is the default until the main "
+                                      "job is re-measured with the fused kernels")
 
     def validate(self):
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
@@ -34,6 +40,7 @@ class RuntimeConfig:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.jit_level in ("", "O0", "O1", "O2"), "jit_level", "expected O0, O1, O2 or empty")
         require(self.device_id >= -1, "device_id", f"must be >= 0, or -1 for the environment's, got {self.device_id}")
+        require(self.kernels in KERNELS, "kernels", f"{self.kernels!r} is not one of {', '.join(KERNELS)}")
 
 
 @dataclasses.dataclass
@@ -44,6 +51,7 @@ class Runtime:
     world_size: int = 1
     device: str = "CPU"
     mode: str = "graph"
+    kernels: str = "reference"
 
     @property
     def distributed(self) -> bool:
@@ -99,7 +107,7 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         rank, world = get_rank(), get_group_size()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     seed_everything(cfg.seed)
-    _CURRENT = Runtime(rank=rank, world_size=world, device=cfg.device, mode=cfg.mode)
+    _CURRENT = Runtime(rank=rank, world_size=world, device=cfg.device, mode=cfg.mode, kernels=cfg.kernels)
     return _CURRENT
 
 

@@ -31,7 +31,6 @@ import numpy as np
 from mindspore import nn
 
 from . import runtime
-from .algos import logprobs_from_logits
 from .config import field, require
 from .data.batching import sft_batch
 from .data.encoding import encode_demonstrations
@@ -75,7 +74,7 @@ class SequenceLogprob(nn.Cell):
     """Σ_t loss_mask_t · log π(y_t | y_<t) per row of right-padded sequences.
 
     construct(input_ids [B, T], attention_mask [B, T], loss_mask [B, T] float) → [B]; the masks are
-    token-aligned (:mod:`mindrlhf.data.batching`), so logits at t score token t+1.
+    token-aligned (:mod:`mindrlhf.data.batching`), so position t scores token t+1.
     """
 
     def __init__(self, lm: CausalLM):
@@ -83,8 +82,8 @@ class SequenceLogprob(nn.Cell):
         self.lm = lm
 
     def construct(self, input_ids, attention_mask, loss_mask):
-        logits = self.lm(input_ids, attention_mask)[:, :-1, :]
-        return (logprobs_from_logits(logits, input_ids[:, 1:]) * loss_mask[:, 1:]).sum(-1)
+        logprobs, _ = self.lm.next_token_logprobs(input_ids, attention_mask)
+        return (logprobs * loss_mask[:, 1:]).sum(-1)
 
 
 def score_file(cfg: ScoreConfig) -> dict:

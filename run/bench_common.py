@@ -43,6 +43,7 @@ def current_rss_gb() -> float:
 
 
 PHASE = {"now": "setup"}  # what a child is doing; a memory-guard error names it
+PHASE_PEAK_GB: dict = {}  # phase -> the highest resident memory sampled during it (the memory guard's watcher)
 
 
 def guard_memory(limit_gb: float, result_path: str) -> None:
@@ -53,6 +54,8 @@ def guard_memory(limit_gb: float, result_path: str) -> None:
     def watch():
         while True:
             rss = current_rss_gb()
+            phase = PHASE["now"]
+            PHASE_PEAK_GB[phase] = max(PHASE_PEAK_GB.get(phase, 0.0), round(rss, 3))
             if rss > limit_gb:
                 write_result(result_path, {"error": f"resident memory {rss:.1f} GB passed the {limit_gb:g} GB guard "
                                                     f"during {PHASE['now']}"})
@@ -255,6 +258,8 @@ def run_child(python: str, script: str, args: list, timeout: float) -> dict:
 def write_result(path: str, result: dict) -> None:
     """What a child process hands back: its numbers plus its own peak RSS and versions."""
     result.setdefault("peak_rss_mb", peak_rss_mb())
+    if PHASE_PEAK_GB:  # sampled every 0.2 s: a shorter peak inside a phase can be missed
+        result.setdefault("peak_rss_gb_by_phase", dict(PHASE_PEAK_GB))
     result.setdefault("load_average_end", load_average())
     with open(path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=float)
@@ -304,7 +309,7 @@ def _fmt(x, digits=2):
 
 def _settings_text(s: dict) -> str:
     keys = ("batch", "group", "prompt_len", "new_tokens", "response_len", "seq_len", "epochs", "mini_batch", "beta", "lr",
-            "jit_level", "graph_kernel", "threads", "ms_threads")
+            "jit_level", "graph_kernel", "kernels", "threads", "ms_threads")
     return " ".join(f"{k}={s[k]}" for k in keys if s.get(k) not in (None, ""))
 
 

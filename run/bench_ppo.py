@@ -65,14 +65,21 @@ def summarize(iterations: list, args) -> dict:
 
 
 class Timed:
-    """Wraps a callable (a compiled Cell, a function) and adds its wall time to ``sink[name]``."""
+    """Wraps a callable (a compiled Cell, a function) and adds its wall time to ``sink[name]``; while it runs,
+    the memory watcher counts the resident memory under the phase ``prefix + name`` (``peak_rss_gb_by_phase``)."""
+
+    prefix = ""  # "first iteration: " while the graphs compile and first run
 
     def __init__(self, fn, sink: dict, name: str):
         self.fn, self.sink, self.name = fn, sink, name
 
     def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = self.fn(*args, **kwargs)
+        t0, outer = time.perf_counter(), bc.PHASE["now"]
+        bc.PHASE["now"] = Timed.prefix + self.name
+        try:
+            out = self.fn(*args, **kwargs)
+        finally:
+            bc.PHASE["now"] = outer
         self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - t0
         return out
 
@@ -108,7 +115,7 @@ def side_ours(args) -> dict:
                     data=PPODataConfig(prompts=os.path.join(args.dir, "prompts.jsonl"), max_prompt_length=64),
                     rollout=RolloutConfig(batch_size=args.batch, max_new_tokens=args.new_tokens, temperature=1.0),
                     algo=PPOAlgoConfig(iterations=args.iters + 1, epochs=args.epochs, mini_batch_size=args.mini_batch),
-                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or ""))
+                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", kernels=args.kernels))
     trainer = PPOTrainer(cfg)
     trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side
     ids = prompts_for(args, trainer.actor_lm.config.vocab_size)
@@ -124,12 +131,13 @@ def side_ours(args) -> dict:
     for it in range(args.iters + 1):
         sink.clear()
         seed = args.seed * 100_003 + it * 1_009
-        bc.PHASE["now"] = f"iteration {it}: rollout (generate, score, advantages)"
+        Timed.prefix = "first iteration: " if it == 0 else ""  # memory grows as each graph first runs
+        bc.PHASE["now"] = Timed.prefix + "generate"  # the compiled passes in the rollout name their own (Timed)
         t0, c0 = time.perf_counter(), time.process_time()
         exp, times = trainer.rollout(prompts, seed)
         metrics = trainer.experience_stats(exp, prompts, times)
         t1 = time.perf_counter()
-        bc.PHASE["now"] = f"iteration {it}: update (actor and critic steps)"
+        bc.PHASE["now"] = Timed.prefix + "update, between the steps"
         metrics.update(trainer.update(exp, seed))
         t2 = time.perf_counter()
         trainer.kl_ctl.update(metrics["kl"], args.batch)
@@ -142,6 +150,7 @@ def side_ours(args) -> dict:
               f"score {row['score']:.2f}, train {row['train']:.2f}); pg_loss {metrics['pg_loss']:.4f}", flush=True)
     out = summarize(iterations, args)
     out.update(setup_s=setup_s, jit_level=args.jit_level, graph_kernel=args.graph_kernel, ms_threads=args.ms_threads,
+               kernels=args.kernels,
                versions=bc.versions("mindspore", "numpy"))
     return out
 
@@ -244,7 +253,8 @@ def side_trl(args) -> dict:
 def child_args(args, side: str, size: str, folder: str) -> list:
     out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
            "--prompt-len", args.prompt_len, "--new-tokens", args.new_tokens, "--epochs", args.epochs,
-           "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads]
+           "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads,
+           "--kernels", args.kernels]
     if args.jit_level:
         out += ["--jit-level", args.jit_level]
     if args.graph_kernel:
@@ -264,7 +274,7 @@ def describe(d: dict) -> str:
 def orchestrate(args) -> dict:
     return bc.orchestrate(os.path.abspath(__file__), args, "ppo", "trl", args.trl_python, child_args,
                           ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch", "iters", "jit_level",
-                           "graph_kernel", "threads", "ms_threads"),
+                           "graph_kernel", "kernels", "threads", "ms_threads"),
                           NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
 
 
@@ -283,6 +293,8 @@ def main():
                         help="MindSpore CPU kernel threads (device_context.cpu.op_tuning.threads_num); 0 = its default")
     parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
     parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
+    parser.add_argument("--kernels", default="reference", choices=["reference", "auto", "fused"],
+                        help="runtime.kernels of our side (reference by default, as the library)")
     parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"],
                         help="run one side only (lever sweeps)")
     parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")

@@ -50,15 +50,13 @@ def side_prepare(args) -> dict:
 def side_ours(args) -> dict:
     import mindspore as ms
 
+    from mindrlhf import runtime
     from mindrlhf.nn import CausalLM
     from mindrlhf.trainers.sft import SFTLoss
     from mindrlhf.trainers.step import OptimConfig, Updater
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    if args.jit_level:
-        ms.set_context(jit_config={"jit_level": args.jit_level})
-    if args.graph_kernel:
-        ms.set_context(enable_graph_kernel=True)
+    runtime.setup(runtime.RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", graph_kernel=args.graph_kernel,
+                                        kernels=args.kernels))
     if args.ms_threads:
         ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
     model = CausalLM.from_pretrained(os.path.join(args.dir, "model"))
@@ -76,7 +74,8 @@ def side_ours(args) -> dict:
         losses.append(loss)
         print(f"[ours {args.size}] step {step}: {times[-1]:.3f} s, loss {loss:.5f}", flush=True)
     out = summarize(times, cpu, losses, args)
-    out.update(jit_level=args.jit_level, graph_kernel=args.graph_kernel, versions=bc.versions("mindspore"))
+    out.update(jit_level=args.jit_level, graph_kernel=args.graph_kernel, kernels=args.kernels,
+               versions=bc.versions("mindspore"))
     return out
 
 
@@ -112,7 +111,8 @@ def side_torch(args) -> dict:
 
 def child_args(args, side: str, size: str, folder: str) -> list:
     out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
-           "--seq-len", args.seq_len, "--steps", args.steps, "--seed", args.seed, "--threads", args.threads]
+           "--seq-len", args.seq_len, "--steps", args.steps, "--seed", args.seed, "--threads", args.threads,
+           "--kernels", args.kernels]
     for flag, value in (("--jit-level", args.jit_level), ("--ms-threads", args.ms_threads)):
         if value:
             out += [flag, value]
@@ -126,7 +126,7 @@ def describe(d: dict) -> str:
 
 def orchestrate(args) -> dict:
     return bc.orchestrate(os.path.abspath(__file__), args, "train", "torch", args.torch_python, child_args,
-                          ("batch", "seq_len", "steps", "jit_level", "graph_kernel", "threads", "ms_threads"),
+                          ("batch", "seq_len", "steps", "jit_level", "graph_kernel", "kernels", "threads", "ms_threads"),
                           NOTES, lambda v: "torch " + v.get("torch", "?") + " loop", describe)
 
 
@@ -141,6 +141,8 @@ def main():
     parser.add_argument("--ms-threads", type=int, default=0, help="MindSpore CPU kernel threads; 0 = its default")
     parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
     parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
+    parser.add_argument("--kernels", default="reference", choices=["reference", "auto", "fused"],
+                        help="runtime.kernels of our side (reference by default, as the library)")
     parser.add_argument("--sides", default="both", choices=["both", "ours", "torch"])
     parser.add_argument("--torch-python", default=bc.bench_python(), help="interpreter for the torch loop")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per child process")

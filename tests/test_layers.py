@@ -18,7 +18,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = {
     "": 0, "io": 0, "algos": 0,
     "config": 1, "runtime": 1, "plugins": 1,
-    "data": 2, "tasks": 2, "rewards": 2,
+    "data": 2, "tasks": 2, "rewards": 2, "kernels": 2,
     "nn": 3,
     "roles": 4, "generation": 4,
     "trainers": 5,

@@ -11,6 +11,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from mindrlhf import kernels
+
 DTYPES = {"float32": ms.float32, "bfloat16": ms.bfloat16, "float16": ms.float16}
 # Finite, not -inf: a query row whose keys are all padding (a left pad) must give finite garbage, not NaN.
 MASK_VALUE = -1e9
@@ -57,24 +59,15 @@ class Embedding(nn.Cell):
 
 
 class RMSNorm(nn.Cell):
-    """y = x / sqrt(mean(x^2) + eps) * g   (Zhang & Sennrich, 2019).
-
-    MindSpore's CPU ReduceMean and broadcasting multiplies are slow, so the sum of squares is a matmul with a
-    column of ones, scaled by 1/D afterwards (a column of 1/D would round each term), and g is folded into
-    the per-row factor before the one full-size multiply. Figures: docs/performance.md."""
+    """y = x / sqrt(mean(x^2) + eps) * g   (Zhang & Sennrich, 2019), computed by `kernels.rms_norm`."""
 
     def __init__(self, dim, eps):
         super().__init__()
         self.weight = _param((dim,), "ones")
-        self.eps = eps
-        self.ones_column = Tensor(np.ones((dim, 1), np.float32))
-        self.inv_dim = 1.0 / dim
-        self.matmul = ops.MatMul()
+        self.norm = kernels.rms_norm(dim, eps)
 
     def construct(self, x):
-        x2 = x.reshape(-1, x.shape[-1])
-        mean_square = self.matmul(x2 * x2, self.ones_column) * self.inv_dim            # [N, 1]
-        return (x2 * (ops.rsqrt(mean_square + self.eps) * self.weight)).reshape(x.shape)
+        return self.norm(x, self.weight)
 
 
 class LayerNorm(nn.Cell):
@@ -91,34 +84,15 @@ class LayerNorm(nn.Cell):
         return y
 
 
-GELU_C = 2.0 * math.sqrt(2.0 / math.pi)  # 0.5 (1 + tanh(z)) = sigmoid(2 z)
-
-
-def gelu_tanh(x):
-    """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as x sigmoid(2 sqrt(2/pi) (...)).
-
-    The same function; on MindSpore's CPU this form is faster than ops.gelu(approximate="tanh") and closer
-    to float64 than one written with the coarse CPU ops.tanh. Figures: docs/performance.md."""
-    return x * ops.sigmoid(GELU_C * (x + 0.044715 * x * x * x))
-
-
 def rope_tables(max_positions, head_dim, theta):
     """cos/sin tables [max_positions, head_dim] for RoPE (Su et al., 2021), half-split layout:
     angle(p, i) = p * theta^(-2i/d) for i < d/2, repeated for the second half. The sin table carries
-    rotate-half's sign, [-sin, sin], so that `apply_rope` needs no negation."""
+    rotate-half's sign, [-sin, sin], so that `kernels.rope` needs no negation."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     angles = np.outer(np.arange(max_positions, dtype=np.float64), inv_freq)
     sin = np.sin(angles)
     cos = np.cos(np.concatenate([angles, angles], axis=-1))
     return Tensor(cos.astype(np.float32)), Tensor(np.concatenate([-sin, sin], axis=-1).astype(np.float32))
-
-
-def apply_rope(x, cos, sin):
-    """x' = x * cos + rotate_half(x) * sin_plain, rotate_half([a, b]) = [-b, a], computed as
-    x * cos + [b, a] * sin with the signed table sin = [-sin_plain, sin_plain] (the same numbers: IEEE
-    negation is exact). x [..., D]; cos, sin broadcastable to x."""
-    half = x.shape[-1] // 2
-    return x * cos + ops.concat((x[..., half:], x[..., :half]), -1) * sin
 
 
 class Attention(nn.Cell):
@@ -133,6 +107,8 @@ class Attention(nn.Cell):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.groups = cfg.num_heads // cfg.num_kv_heads
         self.use_rope = cfg.arch == "llama"
+        if self.use_rope:
+            self.rope = kernels.rope()
         qkv_bias = cfg.arch == "gpt2" or cfg.qkv_bias
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.q_size, self.kv_size = q_size, kv_size
@@ -152,7 +128,7 @@ class Attention(nn.Cell):
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x)
         if self.use_rope:
-            qk = apply_rope(qkv[:, :, :self.q_size + self.kv_size].reshape(b, t, h + kv, d), cos, sin)
+            qk = self.rope(qkv[:, :, :self.q_size + self.kv_size].reshape(b, t, h + kv, d), cos, sin)
             q = qk[:, :, :h].transpose(0, 2, 1, 3)
             k = qk[:, :, h:].transpose(0, 2, 1, 3)
         else:
@@ -190,18 +166,13 @@ class MLP(nn.Cell):
         super().__init__()
         self.gated = cfg.arch == "llama"
         width = cfg.intermediate_size
-        self.width = width
         bias = cfg.arch == "gpt2"
         self.up_proj = Linear(cfg.hidden_size, 2 * width if self.gated else width, bias, cfg.compute_dtype)
         self.down_proj = Linear(width, cfg.hidden_size, bias, cfg.compute_dtype)
+        self.activation = kernels.swiglu() if self.gated else kernels.gelu_tanh()
 
     def construct(self, x):
-        h = self.up_proj(x)
-        if self.gated:
-            h = ops.silu(h[:, :, :self.width]) * h[:, :, self.width:]
-        else:
-            h = gelu_tanh(h)
-        return self.down_proj(h)
+        return self.down_proj(self.activation(self.up_proj(x)))
 
 
 class DecoderLayer(nn.Cell):

@@ -13,6 +13,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from mindrlhf import kernels
+from mindrlhf.algos import entropy_from_logits, logprobs_from_logits
 from mindrlhf.io import read_safetensors, write_safetensors
 from mindrlhf.io.gguf import is_gguf
 from mindrlhf.nn.config import ModelConfig
@@ -54,6 +56,8 @@ class CausalLM(nn.Cell):
         self.head_matmul = ops.MatMul(transpose_b=True)
         self.head_cast = config.compute_dtype != "float32"
         self.head_dtype = self.layers[0].attn.dtype
+        if not self.head_cast:
+            self.head_logprobs = kernels.token_logprobs()
 
     # ---- full-sequence forward -------------------------------------------------------------
     def construct(self, input_ids, attention_mask=None):
@@ -77,6 +81,30 @@ class CausalLM(nn.Cell):
         else:
             logits = self.head_matmul(flat, weight)
         return logits.reshape(lead + (self.vocab_size,))
+
+    def token_logprobs(self, hidden, labels):
+        """hidden [B, T, hidden], labels [B, T] -> (log p(labels) [B, T], entropy [B, T]) of softmax(LM head).
+
+        In fp32 the head, the log-softmax at the label and the entropy are one kernel (`kernels.token_logprobs`;
+        on CPU it goes over the vocabulary in chunks and never holds the [B, T, vocab] logits); with a
+        bf16/fp16 head, the logits and then their log-softmax."""
+        if self.head_cast:
+            logits = self.logits_from_hidden(hidden)
+            return logprobs_from_logits(logits, labels), entropy_from_logits(logits)
+        b, t = labels.shape
+        if self.tied:
+            weight = self.embed_tokens.weight
+        else:
+            weight = self.lm_head.weight
+        logprobs, entropy = self.head_logprobs(hidden.reshape(b * t, hidden.shape[-1]), weight,
+                                               labels.reshape(b * t).astype(ms.int32))
+        return logprobs.reshape(b, t), entropy.reshape(b, t)
+
+    def next_token_logprobs(self, input_ids, attention_mask=None):
+        """(log π(token t+1 | tokens ≤ t), entropy at t) for t < T−1, [B, T-1] each: every position of a
+        right-padded sequence scored (SFT's loss, DPO's and `mindrlhf score`'s sums), through `token_logprobs`."""
+        hidden = self.hidden_states(input_ids, attention_mask)[:, :-1, :]
+        return self.token_logprobs(hidden, input_ids[:, 1:])
 
     def _embed(self, input_ids, positions):
         x = self.embed_tokens(input_ids)

@@ -15,7 +15,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from .. import runtime
-from ..algos import logprobs_from_logits, masked_sum
+from ..algos import masked_sum
 from ..data.batching import sft_batch
 from ..io import atomic_write
 
@@ -26,8 +26,7 @@ def sequence_logps(lm, input_ids, attention_mask, loss_mask):
     """(Σ_t m_t · log π(y_t | y_<t), Σ_t m_t) per row, [B] each: log-probs summed over the response tokens.
 
     m = loss_mask[:, 1:] (token-aligned: 1 on response tokens and EOS), so prompt and padding count 0."""
-    logits = lm(input_ids, attention_mask)[:, :-1, :]
-    logprobs = logprobs_from_logits(logits, input_ids[:, 1:])  # [B, T-1]: token t+1 given ≤ t
+    logprobs, _ = lm.next_token_logprobs(input_ids, attention_mask)  # [B, T-1]: token t+1 given ≤ t
     mask = loss_mask[:, 1:].astype(ms.float32)
     return masked_sum(logprobs, mask, 1), ops.reduce_sum(mask, 1)
 

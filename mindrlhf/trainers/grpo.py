@@ -33,7 +33,7 @@ import numpy as np
 from mindspore import nn
 
 from .. import runtime
-from ..algos import agg_loss, entropy_from_logits, get_policy_loss, kl_loss
+from ..algos import agg_loss, get_policy_loss, kl_loss
 from ..data.batching import bucket_length
 from ..data.encoding import encode_prompts
 from ..data.formats import load_prompts
@@ -64,11 +64,11 @@ class GRPOActorLoss(nn.Cell):
         self.kl_in_loss, self.kl_coef = algo.kl_in == "loss" and algo.kl_coef > 0, algo.kl_coef
 
     def construct(self, input_ids, attention_mask, old_logprobs, ref_logprobs, advantages, response_mask, normalizer):
-        logprobs, logits = self.actor.response_logprobs(input_ids, attention_mask, old_logprobs.shape[1])
+        logprobs, entropy = self.actor.response_logprobs(input_ids, attention_mask, old_logprobs.shape[1])
         pg_loss, clipfrac, approx_kl = self.policy_loss(logprobs, old_logprobs, advantages, response_mask,
                                                         self.clip_low, 0.0, self.agg, normalizer, self.clip_high,
                                                         self.clip_c)
-        entropy = agg_loss(entropy_from_logits(logits), response_mask, self.agg, normalizer)
+        entropy = agg_loss(entropy, response_mask, self.agg, normalizer)
         loss = pg_loss - self.entropy_coef * entropy
         kl = pg_loss * 0.0
         if self.kl_in_loss:

@@ -28,7 +28,7 @@ import numpy as np
 from mindspore import nn
 
 from .. import runtime
-from ..algos import AdaptiveKLController, FixedKLController, adapt_kl_penalty, agg_loss, entropy_from_logits
+from ..algos import AdaptiveKLController, FixedKLController, adapt_kl_penalty, agg_loss
 from ..algos import get_policy_loss, value_loss
 from ..config import require
 from ..data.encoding import encode_prompts
@@ -61,10 +61,10 @@ class ActorLoss(nn.Cell):
 
     def construct(self, input_ids, attention_mask, old_logprobs, advantages, response_mask, normalizer,
                   kl_penalty_coef):
-        logprobs, logits = self.actor.response_logprobs(input_ids, attention_mask, old_logprobs.shape[1])
+        logprobs, entropy = self.actor.response_logprobs(input_ids, attention_mask, old_logprobs.shape[1])
         pg_loss, clipfrac, approx_kl = self.policy_loss(logprobs, old_logprobs, advantages, response_mask,
                                                         self.clip_range, kl_penalty_coef, self.agg, normalizer)
-        entropy = agg_loss(entropy_from_logits(logits), response_mask, self.agg, normalizer)
+        entropy = agg_loss(entropy, response_mask, self.agg, normalizer)
         return pg_loss - self.entropy_coef * entropy, (pg_loss, clipfrac, approx_kl, entropy)
 
 

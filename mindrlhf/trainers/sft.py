@@ -19,7 +19,6 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .. import runtime
-from ..algos import logprobs_from_logits
 from ..config import field, require
 from ..data.batching import sft_batch
 from ..data.encoding import encode_demonstrations
@@ -68,8 +67,7 @@ class SFTLoss(nn.Cell):
         self.model = model
 
     def construct(self, input_ids, attention_mask, loss_mask, normalizer):
-        logits = self.model(input_ids, attention_mask)[:, :-1, :]
-        logprobs = logprobs_from_logits(logits, input_ids[:, 1:])  # [B, T-1]: token t+1 given ≤ t
+        logprobs, _ = self.model.next_token_logprobs(input_ids, attention_mask)  # [B, T-1]: token t+1 given ≤ t
         mask = loss_mask[:, 1:].astype(ms.float32)
         nll = -ops.reduce_sum(logprobs * mask)
         return nll / normalizer, nll

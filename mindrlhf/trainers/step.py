@@ -14,8 +14,8 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
+from .. import kernels, runtime
 from ..config import field, require
-from .. import runtime
 from .adamw import AdamW
 
 
@@ -59,10 +59,33 @@ def build_optimizer(params, cfg: OptimConfig) -> AdamW:
     return AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def global_norm(grads):
+# Per-tensor work on the gradients and their accumulators, mapped over all of them (see adamw.py: a Python loop
+# over a few hundred tensors compiles into nested calls past MindSpore's call-depth limit).
+_sum_of_squares = ops.MultitypeFuncGraph("sum_of_squares")
+_add_into = ops.MultitypeFuncGraph("add_into")
+_zero = ops.MultitypeFuncGraph("zero")
+
+
+@_sum_of_squares.register("Function", "Tensor")
+def _gradient_sum_of_squares(sum_squares, g):
+    return sum_squares(g)
+
+
+@_add_into.register("Tensor", "Tensor")
+def _add_gradient(acc, g):
+    return ops.assign_add(acc, g)
+
+
+@_zero.register("Tensor")
+def _zero_accumulator(acc):
+    return ops.assign(acc, ops.zeros_like(acc))
+
+
+def global_norm(squares):
+    """sqrt(Σ over the gradients of their Σ g²): ``squares`` holds each gradient's (`kernels.sum_squares`)."""
     total = ops.zeros((), ms.float32)
-    for g in grads:
-        total = total + ops.reduce_sum(ops.square(g.astype(ms.float32)))
+    for s in squares:
+        total = total + s
     return ops.sqrt(total)
 
 
@@ -87,11 +110,13 @@ class ApplyGradients(nn.Cell):
         self.optimizer = optimizer
         self.max_grad_norm = float(max_grad_norm)
         self.reducer = _reducer(optimizer.parameters)
+        self.sum_squares = kernels.sum_squares()
+        self.map = ops.HyperMap()
 
     def construct(self, grads):
         if self.reducer is not None:
             grads = self.reducer(grads)
-        norm = global_norm(grads)
+        norm = global_norm(self.map(ops.partial(_sum_of_squares, self.sum_squares), grads))
         if self.max_grad_norm > 0:
             grads = clip_by_norm(grads, norm, self.max_grad_norm)
         self.optimizer(grads)
@@ -109,22 +134,6 @@ class TrainStep(nn.Cell):
     def construct(self, *inputs):
         (loss, aux), grads = self.grad_fn(*inputs)
         return loss, aux, self.apply_grads(grads)
-
-
-# Per-tensor updates of the accumulators, mapped over all of them (see adamw.py: a Python loop over a few hundred
-# tensors compiles into nested calls past MindSpore's call-depth limit).
-_add_into = ops.MultitypeFuncGraph("add_into")
-_zero = ops.MultitypeFuncGraph("zero")
-
-
-@_add_into.register("Tensor", "Tensor")
-def _add_gradient(acc, g):
-    return ops.assign_add(acc, g)
-
-
-@_zero.register("Tensor")
-def _zero_accumulator(acc):
-    return ops.assign(acc, ops.zeros_like(acc))
 
 
 class AccumulateStep(nn.Cell):

@@ -148,7 +148,7 @@ def test_float16_compute_is_close_to_float32(models):
 
 def test_gelu_tanh_matches_gpt2_gelu_in_float64():
     """gelu_tanh (written with a sigmoid) is GPT-2's tanh-approximate GELU, checked against numpy in float64."""
-    from mindrlhf.nn.layers import gelu_tanh
+    from mindrlhf.kernels.reference import gelu_tanh
 
     x = np.random.default_rng(0).normal(0.0, 3.0, (4, 8, 512)).astype(np.float32)
     x64 = x.astype(np.float64)
@@ -158,8 +158,8 @@ def test_gelu_tanh_matches_gpt2_gelu_in_float64():
 
 
 def test_rmsnorm_matches_float64():
-    """RMSNorm (sum of squares as a matmul, weight folded into the row factor) against numpy in float64, on rows
-    from 1e-3 (where eps = 1e-5 matters) to 1e2 in scale."""
+    """RMSNorm (with the kernel runtime.kernels selects) against numpy in float64, on rows from 1e-3 (where
+    eps = 1e-5 matters) to 1e2 in scale."""
     from mindrlhf.nn.layers import RMSNorm
 
     rng = np.random.default_rng(0)
@@ -176,7 +176,8 @@ def test_rmsnorm_matches_float64():
 
 def test_apply_rope_signed_table_is_rotate_half():
     """apply_rope with the signed sin table equals x cos + rotate_half(x) sin with plain tables, computed in float64."""
-    from mindrlhf.nn.layers import apply_rope, rope_tables
+    from mindrlhf.kernels.reference import apply_rope
+    from mindrlhf.nn.layers import rope_tables
 
     d, positions = 16, np.array([0, 3, 17, 63])
     cos, sin = (t.asnumpy()[positions] for t in rope_tables(64, d, 500.0))

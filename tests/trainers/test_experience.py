@@ -1,12 +1,11 @@
 """The rollout's compiled pieces alone, on tiny random models: the policies' response-only LM head equals the
-full-sequence head's response columns (values and gradients; tied and untied heads, LoRA); when the sampler's
-log-probs may stand in for log π_old; the advantage pass against numpy."""
+full-sequence head's response columns (log-probs, entropies and their gradients; tied and untied heads, LoRA);
+when the sampler's log-probs may stand in for log π_old; the advantage pass against numpy."""
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import nn
 
-from mindrlhf.algos import entropy_from_logits
 from mindrlhf.nn import CausalLM, ModelConfig
 from mindrlhf.nn.lora import LoRAConfig, apply_lora, lora_parameters
 from mindrlhf.roles import Policy
@@ -47,23 +46,28 @@ def policies():
 
 
 def both_ways(policy):
-    """(full-sequence log-probs and logits at the response columns, response-only ones), numpy."""
+    """(full-sequence log-probs and entropies at the response columns, response-only ones), numpy."""
     ids, mask = ms.Tensor(IDS), ms.Tensor(MASK)
-    full_lp, full_logits = policy(ids, mask)
-    lp, logits = ResponseOnly(policy, N)(ids, mask)
-    full = [response_slice(x, N, IDS.shape[1]).asnumpy() for x in (full_lp, full_logits)]
-    return full, [lp.asnumpy(), logits.asnumpy()]
+    full_lp, full_entropy = policy(ids, mask)
+    lp, entropy = ResponseOnly(policy, N)(ids, mask)
+    full = [response_slice(x, N, IDS.shape[1]).asnumpy() for x in (full_lp, full_entropy)]
+    return full, [lp.asnumpy(), entropy.asnumpy()]
 
 
 @pytest.mark.parametrize("name", ["tied", "untied+lora"])
 def test_response_only_head_equals_the_full_heads_response_columns(policies, name):
-    (full_lp, full_logits), (lp, logits) = both_ways(policies[name])
-    assert lp.shape == (3, N) and logits.shape == (3, N, 256)
+    policy = policies[name]
+    (full_lp, full_entropy), (lp, entropy) = both_ways(policy)
+    assert lp.shape == entropy.shape == (3, N)
     np.testing.assert_allclose(lp, full_lp, atol=1e-5)
-    np.testing.assert_allclose(logits, full_logits, atol=1e-5)
-    # the labels are the response tokens: log-probs read at IDS' last N columns, not shifted by one
-    want = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
-    np.testing.assert_allclose(lp, np.take_along_axis(want, IDS[:, -N:, None], -1)[..., 0], atol=1e-5)
+    np.testing.assert_allclose(entropy, full_entropy, atol=1e-5)
+    # against the LM's logits in float64: the columns T−N−1 … T−2 predict the response, IDS' last N columns
+    logits = policy.lm(ms.Tensor(IDS), ms.Tensor(MASK)).asnumpy().astype(np.float64)[:, -N - 1:-1]
+    logp_all = logits - logits.max(-1, keepdims=True)
+    logp_all -= np.log(np.exp(logp_all).sum(-1, keepdims=True))
+    np.testing.assert_allclose(lp, np.take_along_axis(logp_all, IDS[:, -N:, None], -1)[..., 0], atol=1e-5)
+    # entropy ≈ log 256 ≈ 5.5, a float32 sum over the vocabulary: relative rounding
+    np.testing.assert_allclose(entropy, -(np.exp(logp_all) * logp_all).sum(-1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["tied", "untied+lora"])
@@ -76,13 +80,12 @@ def test_response_only_head_has_the_full_heads_gradients(policies, name):
     ids, mask = ms.Tensor(IDS), ms.Tensor(MASK)
 
     def full(input_ids, attention_mask):
-        lp, logits = policy(input_ids, attention_mask)
-        lp, logits = response_slice(lp, N, IDS.shape[1]), response_slice(logits, N, IDS.shape[1])
-        return (lp * w).sum() + entropy_from_logits(logits).sum()
+        lp, entropy = policy(input_ids, attention_mask)
+        return (response_slice(lp, N, IDS.shape[1]) * w).sum() + response_slice(entropy, N, IDS.shape[1]).sum()
 
     def response_only(input_ids, attention_mask):
-        lp, logits = policy.response_logprobs(input_ids, attention_mask, N)
-        return (lp * w).sum() + entropy_from_logits(logits).sum()
+        lp, entropy = policy.response_logprobs(input_ids, attention_mask, N)
+        return (lp * w).sum() + entropy.sum()
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
