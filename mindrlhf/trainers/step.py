@@ -11,6 +11,7 @@ of the sum of their losses, each role's own clipping and AdamW.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import mindspore as ms
@@ -171,46 +172,54 @@ class ApplyStep(nn.Cell):
 
 
 class SumOfLosses(nn.Cell):
-    """The roles' losses side by side: construct(inputs of role 0, inputs of role 1, ...), each a tuple of Tensors
-    for that role's ``loss_cell(*inputs) -> (loss, aux)`` → (Σ loss, ((loss, aux) per role))."""
+    """The roles' losses side by side: construct(role 0's inputs, then role 1's, ...), ``arities[i]`` Tensors
+    for ``loss_cells[i](*inputs) -> (loss, aux)`` → (Σ loss, ((loss, aux) per role))."""
 
-    def __init__(self, loss_cells):
+    def __init__(self, loss_cells, arities):
         super().__init__(auto_prefix=False)
         self.loss_cells = nn.CellList(loss_cells, auto_prefix=False)
+        self.bounds = _bounds(arities)
 
-    def construct(self, *role_inputs):
+    def construct(self, *inputs):
         total = ops.zeros((), ms.float32)
         outs = ()
         for i in range(len(self.loss_cells)):  # unrolled at compile time
-            loss, aux = self.loss_cells[i](*role_inputs[i])
+            start, stop = self.bounds[i]
+            loss, aux = self.loss_cells[i](*inputs[start:stop])
             total = total + loss
             outs = outs + ((loss, aux),)
         return total, outs
 
 
 class JointTrainStep(nn.Cell):
-    """One optimizer step of several roles on one batch in one graph: both forwards, one backward of the sum
-    of their losses, then each role's :class:`ApplyGradients` (its own all-reduce, clipping and AdamW).
+    """One optimizer step of several roles on one batch in one graph: every role's forward, one backward of the
+    sum of their losses, then each role's :class:`ApplyGradients` (its own all-reduce, clipping and AdamW).
 
     The roles' trainable parameters are disjoint, so the gradient of Σ loss w.r.t. a role's parameters is
-    that role's own loss's. construct(inputs of each role, as tuples) → (((loss, aux) per role), grad norms)."""
+    that role's own loss's. construct(each role's inputs in turn, as for :class:`SumOfLosses`) →
+    (((loss, aux) per role), grad norms)."""
 
-    def __init__(self, loss_cells, optimizers, max_grad_norms):
+    def __init__(self, loss_cells, arities, optimizers, max_grad_norms):
         super().__init__(auto_prefix=False)
         params = [p for opt in optimizers for p in opt.parameters]
-        self.grad_fn = ms.value_and_grad(SumOfLosses(loss_cells), None, ms.ParameterTuple(params), has_aux=True)
+        self.grad_fn = ms.value_and_grad(SumOfLosses(loss_cells, arities), None, ms.ParameterTuple(params),
+                                         has_aux=True)
         self.apply_grads = nn.CellList([ApplyGradients(opt, norm) for opt, norm in zip(optimizers, max_grad_norms)],
                                        auto_prefix=False)
-        sizes = [len(opt.parameters) for opt in optimizers]
-        self.bounds = tuple((sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes)))
+        self.bounds = _bounds([len(opt.parameters) for opt in optimizers])
 
-    def construct(self, *role_inputs):
-        (_, per_role), grads = self.grad_fn(*role_inputs)
+    def construct(self, *inputs):
+        (_, per_role), grads = self.grad_fn(*inputs)
         norms = ()
         for i in range(len(self.apply_grads)):
             start, stop = self.bounds[i]
             norms = norms + (self.apply_grads[i](grads[start:stop]),)
         return per_role, norms
+
+
+def _bounds(sizes) -> tuple:
+    """(start, stop) of each of consecutive runs of ``sizes`` items."""
+    return tuple((sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes)))
 
 
 class RoleOptimizer:
@@ -303,26 +312,39 @@ class JointUpdater:
 
     ``roles``: name → (loss cell, trainable params, OptimConfig). ``optimizers`` holds each role's
     :class:`RoleOptimizer` under its name: the state a checkpoint saves, named as a separate :class:`Updater`
-    of that role would name it. ``step(inputs)`` takes name → tuple of Tensors for that role's loss cell and
-    returns name → (loss, aux, grad norm) as numpy values.
+    of that role would name it. ``step(inputs)`` takes name → the Tensors of that role's loss cell's
+    ``construct`` (all its arguments, positionally) and returns name → (loss, aux, grad norm) as numpy values.
     """
 
     def __init__(self, roles: dict, total_steps: int):
         self.optimizers = {name: RoleOptimizer(params, cfg, total_steps, scope=name)
                            for name, (_, params, cfg) in roles.items()}
         _require_disjoint(self.optimizers)
-        self.train_step = JointTrainStep([cell for cell, _, _ in roles.values()],
+        self.arities = {name: _arity(name, cell) for name, (cell, _, _) in roles.items()}
+        self.train_step = JointTrainStep([cell for cell, _, _ in roles.values()], list(self.arities.values()),
                                          [opt.optimizer for opt in self.optimizers.values()],
                                          [opt.cfg.max_grad_norm for opt in self.optimizers.values()])
 
     def step(self, inputs: dict) -> dict:
+        for name, arity in self.arities.items():
+            if len(inputs[name]) != arity:
+                raise ValueError(f"{name}: {len(inputs[name])} inputs given, its loss cell takes {arity}")
         for opt in self.optimizers.values():
             opt.set_learning_rate()
-        per_role, norms = self.train_step(*(tuple(inputs[name]) for name in self.optimizers))
+        # Tensors flat and positional: a tuple argument of a graph is a constant, recompiled for every new value.
+        per_role, norms = self.train_step(*(t for name in self.optimizers for t in inputs[name]))
         for opt in self.optimizers.values():
             opt.step_count += 1
         return {name: (float(loss.asnumpy()), _numpy(aux), float(norm.asnumpy()))
                 for name, (loss, aux), norm in zip(self.optimizers, per_role, norms)}
+
+
+def _arity(name: str, loss_cell: nn.Cell) -> int:
+    params = inspect.signature(loss_cell.construct).parameters.values()
+    if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+        raise ValueError(f"{name}: the loss cell's construct must name its inputs (no *args, **kwargs, keyword-only) "
+                         "to be stepped jointly")
+    return len(params)
 
 
 def _require_disjoint(optimizers: dict) -> None:

@@ -72,14 +72,25 @@ def role_inputs(mb):
             "critic": (ids, mask, t(mb["old_values"]), t(mb["returns"]), rmask, norm)}
 
 
+_RUNS = {}
+
+
 def run(joint: bool, lora: bool):
-    """STEPS updates; (per step: name → (loss, aux, grad norm)), final trainable weights, optimizer state."""
+    """STEPS updates in the current mode, made once per module and mode: (per step: name → (loss, aux, grad
+    norm)), final trainable weights, optimizer state, step counts."""
+    key = (joint, lora, ms.get_context("mode"))
+    if key not in _RUNS:
+        _RUNS[key] = _run(joint, lora)
+    return _RUNS[key]
+
+
+def _run(joint: bool, lora: bool):
     actor, critic = build_roles(lora)
     roles = {"actor": (ActorLoss(actor, ALGO), actor.trainable_params(), ACTOR_OPTIM),
              "critic": (CriticLoss(critic, ALGO), critic.trainable_params(), CRITIC_OPTIM)}
     if joint:
         updater = JointUpdater(roles, total_steps=STEPS)
-        step, optimizers = updater.step, updater.optimizers
+        step, optimizers, compiled = updater.step, updater.optimizers, updater.train_step.compile_cache
     else:
         separate = {name: Updater(cell, params, cfg, STEPS) for name, (cell, params, cfg) in roles.items()}
 
@@ -90,30 +101,34 @@ def run(joint: bool, lora: bool):
                 out[name] = loss, aux, norm
             return out
 
-        optimizers = separate
+        optimizers, compiled = separate, separate["actor"].train_step.compile_cache
     history = [step(role_inputs(mb)) for mb in mini_batches()]
     weights = {p.name: p.asnumpy() for cell in (actor, critic) for p in cell.trainable_params()}
     state = {name: {k: v.asnumpy() for k, v in opt.state_dict().items()} for name, opt in optimizers.items()}
-    return history, weights, state, [opt.step_count for opt in optimizers.values()]
+    return history, weights, state, ([opt.step_count for opt in optimizers.values()], len(compiled))
 
 
 def flat(aux):
     return np.concatenate([np.ravel(a) for a in (aux if isinstance(aux, list) else [aux])])
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["separate_models", "lora_shared_base"])
-def test_the_joint_step_equals_the_actor_step_then_the_critic_step(lora):
-    """Losses and aux (pg_loss, clipfrac, approx_kl, entropy; vf_clipfrac) ≤ 1e-6, grad norms to float32
-    rounding, weights and AdamW state after 3 updates to float32 rounding."""
-    (ref_history, ref_weights, ref_state, ref_counts) = run(joint=False, lora=lora)
-    (history, weights, state, counts) = run(joint=True, lora=lora)
-    assert counts == ref_counts == [STEPS, STEPS]
+def assert_same_steps(ref_history, history, tol):
     for ref, got in zip(ref_history, history):
         for name in ("actor", "critic"):
             (ref_loss, ref_aux, ref_norm), (loss, aux, norm) = ref[name], got[name]
-            assert abs(loss - ref_loss) <= 1e-6, name
-            np.testing.assert_allclose(flat(aux), flat(ref_aux), atol=1e-6, err_msg=name)
-            assert norm == pytest.approx(ref_norm, rel=1e-6), name
+            assert abs(loss - ref_loss) <= tol, name
+            np.testing.assert_allclose(flat(aux), flat(ref_aux), atol=tol, err_msg=name)
+            assert norm == pytest.approx(ref_norm, rel=tol), name
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["separate_models", "lora_shared_base"])
+def test_the_joint_step_equals_the_actor_step_then_the_critic_step(lora):
+    """Losses and aux (pg_loss, clipfrac, approx_kl, entropy; vf_clipfrac) ≤ 1e-6, grad norms to float32
+    rounding, weights and AdamW state after 3 updates to float32 rounding (measured: bit-identical)."""
+    (ref_history, ref_weights, ref_state, ref_counts) = run(joint=False, lora=lora)
+    (history, weights, state, counts) = run(joint=True, lora=lora)
+    assert counts == ref_counts == ([STEPS, STEPS], 1)  # one graph for all steps: no input compiled as a constant
+    assert_same_steps(ref_history, history, 1e-6)
     norms = [[h[name][2] for h in ref_history] for name in ("actor", "critic")]
     print(f"\n[joint step] grad norms: actor {np.round(norms[0], 3)}, critic {np.round(norms[1], 3)}")
     assert min(norms[0]) > ACTOR_OPTIM.max_grad_norm  # the actor's clipping is at work at every step
@@ -132,6 +147,16 @@ def test_the_joint_step_equals_the_actor_step_then_the_critic_step(lora):
         assert state[role].keys() == ref_state[role].keys()  # the names a checkpoint holds
         for key, value in state[role].items():
             np.testing.assert_allclose(value, ref_state[role][key], rtol=1e-5, atol=1e-9, err_msg=key)
+
+
+def test_the_joint_step_runs_in_pynative_as_in_graph_mode():
+    (ref_history, ref_weights, _, _) = run(joint=False, lora=False)
+    ms.set_context(mode=ms.PYNATIVE_MODE)  # conftest puts graph mode back
+    (history, weights, _, _) = run(joint=True, lora=False)
+    assert_same_steps(ref_history, history, 1e-5)
+    for name, value in weights.items():  # Adam moves a weight by up to ~lr whatever its gradient's size, so the
+        # modes' different rounding of a gradient near 0 shows at ~1e-6 (measured: 1.6e-6 on 1 of 2048 elements)
+        np.testing.assert_allclose(value, ref_weights[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 _INITIAL = {}
