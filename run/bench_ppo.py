@@ -15,7 +15,7 @@ both take the rollout log-probs from generation (TRL from the logits it keeps, m
 log-probs: ``rollout.logprobs_from_generation``, temperature 1) and score with 3 forwards (reference, value,
 reward); mindrlhf's policies apply the LM head to the N response positions only (scoring and actor step),
 TRL's to all P+N; TRL updates policy and value with one optimizer over both, mindrlhf with one compiled
-step each.
+step over both (one backward, an AdamW per role).
 """
 import argparse
 import dataclasses
@@ -34,8 +34,8 @@ NOTES = [
     "PPO: both take the rollout log-probs from generation (TRL: kept logits; mindrlhf: its sampler's log-probs) "
     "and score with 3 forwards (reference, value, reward); mindrlhf's LM head runs on the N response positions "
     "only (scoring and actor step), TRL's on all P+N.",
-    "PPO: TRL steps one AdamW over policy+value per mini-batch; mindrlhf runs a compiled actor step and a "
-    "compiled critic step. Both: fp32, no gradient checkpointing, temperature 1, EOS off.",
+    "PPO: TRL steps one AdamW over policy+value per mini-batch; mindrlhf one compiled step over actor and critic "
+    "(one backward, an AdamW per role). Both: fp32, no gradient checkpointing, temperature 1, EOS off.",
     "PPO tokens/s = B·N generated tokens / seconds per whole iteration.",
 ]
 
@@ -125,8 +125,7 @@ def side_ours(args) -> dict:
     sink: dict = {}  # finer profile: the compiled passes and steps inside the phases
     trainer.scoring = Timed(trainer.scoring, sink, "score_graph")
     trainer.advantage = Timed(trainer.advantage, sink, "advantage_graph")
-    trainer.actor_updater.step = Timed(trainer.actor_updater.step, sink, "actor_steps")
-    trainer.critic_updater.step = Timed(trainer.critic_updater.step, sink, "critic_steps")
+    trainer.updater.step = Timed(trainer.updater.step, sink, "update_steps")
     iterations = []
     for it in range(args.iters + 1):
         sink.clear()

@@ -43,15 +43,21 @@ class AdamW(nn.Cell):
     a Parameter as well, so :meth:`set_learning_rate` changes it between steps without recompiling the step
     that holds this Cell.
     Every parameter is decayed (torch's default for one parameter group).
+
+    ``scope`` prefixes the Parameter names of t and lr (``<scope>.state_step``), for a graph that holds several
+    AdamWs: MindSpore renames every Parameter of a graph by its path when two distinct ones share a name.
+    :meth:`state` names t ``state_step`` whatever the scope.
     """
 
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 scope: str = ""):
         super().__init__(auto_prefix=False)  # keep the model's parameter names, and build the state's from them
         self.parameters = ms.ParameterTuple(params)
         self.exp_avg = self.parameters.clone("exp_avg", "zeros")
         self.exp_avg_sq = self.parameters.clone("exp_avg_sq", "zeros")
-        self.state_step = ms.Parameter(ms.Tensor(0, ms.int32), name="state_step", requires_grad=False)
-        self.lr = ms.Parameter(ms.Tensor(lr, ms.float32), name="learning_rate", requires_grad=False)
+        prefix = f"{scope}." if scope else ""
+        self.state_step = ms.Parameter(ms.Tensor(0, ms.int32), name=f"{prefix}state_step", requires_grad=False)
+        self.lr = ms.Parameter(ms.Tensor(lr, ms.float32), name=f"{prefix}learning_rate", requires_grad=False)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.beta1_t = ms.Tensor(self.beta1, ms.float32)
         self.beta2_t = ms.Tensor(self.beta2, ms.float32)
@@ -79,4 +85,4 @@ class AdamW(nn.Cell):
     def state(self) -> dict:
         """name → Parameter of what a resumed run needs: m, v and t. The lr is not state: the trainer
         sets it from its schedule before every step."""
-        return {p.name: p for p in (*self.exp_avg, *self.exp_avg_sq, self.state_step)}
+        return {**{p.name: p for p in (*self.exp_avg, *self.exp_avg_sq)}, "state_step": self.state_step}

@@ -57,7 +57,7 @@ class CheckpointManager:
         self.keep = keep
 
     def save(self, step: int, cells: dict, updaters: dict, state: dict, is_main: bool = True) -> Optional[str]:
-        """Write checkpoint ``step``; ``cells``/``updaters`` map names to Cells/Updaters. Rank 0 only."""
+        """Write checkpoint ``step``; ``cells``/``updaters`` map names to Cells/RoleOptimizers. Rank 0 only."""
         if not is_main:
             return None
         os.makedirs(self.root, exist_ok=True)

@@ -59,7 +59,7 @@ class Stage:
         raise NotImplementedError
 
     def updaters(self) -> dict:
-        """name -> Updater whose optimizer state goes into each checkpoint."""
+        """name -> RoleOptimizer (an Updater is one) whose optimizer state goes into each checkpoint."""
         raise NotImplementedError
 
     def step(self, step: int) -> tuple[dict, int]:

@@ -7,8 +7,8 @@ One iteration (Ouyang et al. 2022; Ziegler et al. 2019; Schulman et al. 2017):
                    the sampler's log-probs are it (``rollout.logprobs_from_generation``, temperature 1)
     3. advantages  r_t = −β·KL_t (+ score on the last token); GAE(γ, λ); whitened advantages
     4. update      E epochs of shuffled mini-batches: the policy loss (``clip`` = PPO2's clipped ratio,
-                   or ``kl_penalty`` = PPO's adaptive KL penalty) and the clipped value loss, each
-                   a compiled optimizer step
+                   or ``kl_penalty`` = PPO's adaptive KL penalty) and the clipped value loss, both in one
+                   compiled step (one backward; each role's own clipping, AdamW and learning rate)
     5. controllers β of the reward adapts toward a target KL; β_ppo of the ``kl_penalty`` loss adapts
                    after each epoch
 
@@ -45,7 +45,7 @@ from .experience import AdvantagePass, Experience, ScoringPass, assemble, explai
 from .experience import response_slice
 from .loop import Stage, prepare_run_dir, run_loop
 from .ppo_config import PPOAlgoConfig, PPOConfig
-from .step import Updater
+from .step import JointUpdater
 from .supervised import DataOrder
 
 
@@ -112,10 +112,9 @@ class PPOTrainer(Stage):
                                    self.reward_model, n)
         self.advantage = AdvantagePass(cfg.algo.kl_estimator, cfg.algo.gamma, cfg.algo.lam, cfg.algo.whiten_advantages)
         steps = cfg.algo.iterations * cfg.algo.epochs * (cfg.rollout.batch_size // cfg.algo.mini_batch_size)
-        self.actor_updater = Updater(ActorLoss(self.actor, cfg.algo), self.actor.trainable_params(),
-                                     cfg.actor_optim, steps)
-        self.critic_updater = Updater(CriticLoss(self.critic, cfg.algo), self.critic.trainable_params(),
-                                      cfg.critic_optim, steps)
+        self.updater = JointUpdater({  # disjoint parameters: a LoRA role's shared base is frozen
+            "actor": (ActorLoss(self.actor, cfg.algo), self.actor.trainable_params(), cfg.actor_optim),
+            "critic": (CriticLoss(self.critic, cfg.algo), self.critic.trainable_params(), cfg.critic_optim)}, steps)
         p = cfg.algo
         self.kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
                        else FixedKLController(p.kl_coef))
@@ -254,12 +253,13 @@ class PPOTrainer(Stage):
                 normalizer = float(mb.response_mask.sum()) / rt.world_size
                 mine = mb.rows(slice(rt.rank * per_rank, (rt.rank + 1) * per_rank))
                 t = lambda x, dt=ms.float32: ms.Tensor(x, dt)  # noqa: E731
-                ids, mask = ms.Tensor(mine.input_ids), ms.Tensor(mine.attention_mask)
-                norm = t(normalizer)
-                _, (aux,), _ = self.actor_updater.step([(ids, mask, t(mine.old_logprobs), t(mine.advantages),
-                                                         t(mine.response_mask), norm, t(self.kl_penalty_coef))])
-                vf_loss, (vf_clipfrac,), _ = self.critic_updater.step([(ids, mask, t(mine.values), t(mine.returns),
-                                                                        t(mine.response_mask), norm)])
+                ids, mask, response_mask, norm = (ms.Tensor(mine.input_ids), ms.Tensor(mine.attention_mask),
+                                                  t(mine.response_mask), t(normalizer))
+                out = self.updater.step({
+                    "actor": (ids, mask, t(mine.old_logprobs), t(mine.advantages), response_mask, norm,
+                              t(self.kl_penalty_coef)),
+                    "critic": (ids, mask, t(mine.values), t(mine.returns), response_mask, norm)})
+                (_, aux, _), (vf_loss, vf_clipfrac, _) = out["actor"], out["critic"]
                 pg_loss, clipfrac, approx_kl, entropy = (float(a) for a in aux)
                 vf_clipfrac = float(vf_clipfrac)
                 for key, val in (("pg_loss", pg_loss), ("clipfrac", clipfrac), ("approx_kl", approx_kl),
@@ -284,7 +284,7 @@ class PPOTrainer(Stage):
         return {"actor": TrainableParams(self.actor), "critic": TrainableParams(self.critic)}
 
     def updaters(self) -> dict:
-        return {"actor": self.actor_updater, "critic": self.critic_updater}
+        return self.updater.optimizers
 
     def step(self, it: int) -> tuple[dict, int]:
         """One iteration: rollout → score → advantages → update, on this rank's share of the global batch."""
@@ -306,7 +306,7 @@ class PPOTrainer(Stage):
 
     def state(self) -> dict:
         return {"kl_penalty_coef": self.kl_penalty_coef, "kl_coef": self.kl_ctl.kl_coef,
-                "data_order": self.order.state(), "optimizer_steps": self.actor_updater.step_count}
+                "data_order": self.order.state(), "optimizer_steps": self.updater.optimizers["actor"].step_count}
 
     def restore(self, state: dict) -> None:
         self.kl_penalty_coef, self.kl_ctl.kl_coef = state["kl_penalty_coef"], state["kl_coef"]

@@ -4,11 +4,14 @@ A step is a Cell (``value_and_grad`` plus the optimizer inside ``construct``): m
 compiled and ran faster than the ``@jit`` function form. With gradient accumulation the work splits
 into two compiled Cells sharing accumulator Parameters: :class:`AccumulateStep` (one per micro-batch)
 and :class:`ApplyStep` (once per optimizer step). Loss functions take their normaliser as an input,
-so summing micro-batch gradients gives exactly the full batch's gradient.
+so summing micro-batch gradients gives exactly the full batch's gradient. Roles trained side by side on the
+same batch (PPO's actor and critic) share one compiled step, :class:`JointTrainStep`: one graph, one backward
+of the sum of their losses, each role's own clipping and AdamW.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import mindspore as ms
@@ -54,9 +57,11 @@ def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(params, cfg: OptimConfig) -> AdamW:
-    """The fused in-place :class:`~mindrlhf.trainers.adamw.AdamW` (torch's AdamW update) over ``params``."""
-    return AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+def build_optimizer(params, cfg: OptimConfig, scope: str = "") -> AdamW:
+    """The fused in-place :class:`~mindrlhf.trainers.adamw.AdamW` (torch's AdamW update) over ``params``;
+    ``scope`` names its scalar Parameters apart from another AdamW's in the same graph."""
+    return AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                 scope=scope)
 
 
 # Per-tensor work on the gradients and their accumulators, mapped over all of them (see adamw.py: a Python loop
@@ -166,45 +171,71 @@ class ApplyStep(nn.Cell):
         return norm
 
 
-class Updater:
-    """What a trainer holds per trainable role: optimizer, schedule and compiled step(s).
+class SumOfLosses(nn.Cell):
+    """The roles' losses side by side: construct(role 0's inputs, then role 1's, ...), ``arities[i]`` Tensors
+    for ``loss_cells[i](*inputs) -> (loss, aux)`` → (Σ loss, ((loss, aux) per role))."""
 
-    ``step(batches)`` takes the micro-batches of one optimizer step (tuples of Tensors, each passed
-    positionally to the loss cell) and returns (mean loss, list of aux, grad norm) as numpy values.
-    """
+    def __init__(self, loss_cells, arities):
+        super().__init__(auto_prefix=False)
+        self.loss_cells = nn.CellList(loss_cells, auto_prefix=False)
+        self.bounds = _bounds(arities)
 
-    def __init__(self, loss_cell: nn.Cell, params, cfg: OptimConfig, total_steps: int, accum_steps: int = 1):
+    def construct(self, *inputs):
+        total = ops.zeros((), ms.float32)
+        outs = ()
+        for i in range(len(self.loss_cells)):  # unrolled at compile time
+            start, stop = self.bounds[i]
+            loss, aux = self.loss_cells[i](*inputs[start:stop])
+            total = total + loss
+            outs = outs + ((loss, aux),)
+        return total, outs
+
+
+class JointTrainStep(nn.Cell):
+    """One optimizer step of several roles on one batch in one graph: every role's forward, one backward of the
+    sum of their losses, then each role's :class:`ApplyGradients` (its own all-reduce, clipping and AdamW).
+
+    The roles' trainable parameters are disjoint, so the gradient of Σ loss w.r.t. a role's parameters is
+    that role's own loss's. construct(each role's inputs in turn, as for :class:`SumOfLosses`) →
+    (((loss, aux) per role), grad norms)."""
+
+    def __init__(self, loss_cells, arities, optimizers, max_grad_norms):
+        super().__init__(auto_prefix=False)
+        params = [p for opt in optimizers for p in opt.parameters]
+        self.grad_fn = ms.value_and_grad(SumOfLosses(loss_cells, arities), None, ms.ParameterTuple(params),
+                                         has_aux=True)
+        self.apply_grads = nn.CellList([ApplyGradients(opt, norm) for opt, norm in zip(optimizers, max_grad_norms)],
+                                       auto_prefix=False)
+        self.bounds = _bounds([len(opt.parameters) for opt in optimizers])
+
+    def construct(self, *inputs):
+        (_, per_role), grads = self.grad_fn(*inputs)
+        norms = ()
+        for i in range(len(self.apply_grads)):
+            start, stop = self.bounds[i]
+            norms = norms + (self.apply_grads[i](grads[start:stop]),)
+        return per_role, norms
+
+
+def _bounds(sizes) -> tuple:
+    """(start, stop) of each of consecutive runs of ``sizes`` items."""
+    return tuple((sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes)))
+
+
+class RoleOptimizer:
+    """One role's AdamW over its trainable parameters, with its learning-rate schedule and step count: what a
+    checkpoint holds of the role (:meth:`state_dict`). The compiled steps that apply it are built around it."""
+
+    def __init__(self, params, cfg: OptimConfig, total_steps: int, scope: str = ""):
         self.cfg = cfg
         self.total_steps = total_steps
         self.params = list(params)
-        self.optimizer = build_optimizer(self.params, cfg)
-        self.accum_steps = accum_steps
-        if accum_steps == 1:
-            self.train_step = TrainStep(loss_cell, self.optimizer, cfg.max_grad_norm)
-        else:
-            accum = ms.ParameterTuple(
-                ms.Parameter(ops.zeros(p.shape, p.dtype), name=f"accum.{p.name}", requires_grad=False)
-                for p in self.params
-            )
-            self.accumulate = AccumulateStep(loss_cell, self.params, accum)
-            self.apply = ApplyStep(self.optimizer, accum, cfg.max_grad_norm)
+        self.optimizer = build_optimizer(self.params, cfg, scope)
         self.step_count = 0
 
-    def step(self, micro_batches):
+    def set_learning_rate(self) -> None:
+        """The schedule's lr for the coming step, ``step_count``."""
         self.optimizer.set_learning_rate(learning_rate(self.cfg, self.step_count, self.total_steps))
-        if self.accum_steps == 1:
-            (batch,) = micro_batches
-            loss, aux, norm = self.train_step(*batch)
-            losses, auxes = [float(loss.asnumpy())], [_numpy(aux)]
-        else:
-            losses, auxes = [], []
-            for batch in micro_batches:
-                loss, aux = self.accumulate(*batch)
-                losses.append(float(loss.asnumpy()))
-                auxes.append(_numpy(aux))
-            norm = self.apply()
-        self.step_count += 1
-        return sum(losses), auxes, float(norm.asnumpy())
 
     def restart(self, total_steps: int) -> None:
         """A fresh optimizer on the parameters as they are: AdamW's moments and step counter zeroed, and the
@@ -236,6 +267,95 @@ class Updater:
                 raise ValueError(f"optimizer state {name!r} has shape {tuple(value.shape)} in the checkpoint, "
                                  f"but the parameter it belongs to has shape {tuple(param.shape)}")
             param.set_data(ms.Tensor(value, param.dtype))
+
+
+class Updater(RoleOptimizer):
+    """What a trainer holds per trainable role: optimizer, schedule and compiled step(s).
+
+    ``step(batches)`` takes the micro-batches of one optimizer step (tuples of Tensors, each passed
+    positionally to the loss cell) and returns (mean loss, list of aux, grad norm) as numpy values.
+    """
+
+    def __init__(self, loss_cell: nn.Cell, params, cfg: OptimConfig, total_steps: int, accum_steps: int = 1):
+        super().__init__(params, cfg, total_steps)
+        self.accum_steps = accum_steps
+        if accum_steps == 1:
+            self.train_step = TrainStep(loss_cell, self.optimizer, cfg.max_grad_norm)
+        else:
+            accum = ms.ParameterTuple(
+                ms.Parameter(ops.zeros(p.shape, p.dtype), name=f"accum.{p.name}", requires_grad=False)
+                for p in self.params
+            )
+            self.accumulate = AccumulateStep(loss_cell, self.params, accum)
+            self.apply = ApplyStep(self.optimizer, accum, cfg.max_grad_norm)
+
+    def step(self, micro_batches):
+        self.set_learning_rate()
+        if self.accum_steps == 1:
+            (batch,) = micro_batches
+            loss, aux, norm = self.train_step(*batch)
+            losses, auxes = [float(loss.asnumpy())], [_numpy(aux)]
+        else:
+            losses, auxes = [], []
+            for batch in micro_batches:
+                loss, aux = self.accumulate(*batch)
+                losses.append(float(loss.asnumpy()))
+                auxes.append(_numpy(aux))
+            norm = self.apply()
+        self.step_count += 1
+        return sum(losses), auxes, float(norm.asnumpy())
+
+
+class JointUpdater:
+    """Roles with disjoint trainable parameters (PPO's actor and critic) updated by one compiled step per batch
+    (:class:`JointTrainStep`), each with its own AdamW, schedule and clipping.
+
+    ``roles``: name → (loss cell, trainable params, OptimConfig). ``optimizers`` holds each role's
+    :class:`RoleOptimizer` under its name: the state a checkpoint saves, named as a separate :class:`Updater`
+    of that role would name it. ``step(inputs)`` takes name → the Tensors of that role's loss cell's
+    ``construct`` (all its arguments, positionally) and returns name → (loss, aux, grad norm) as numpy values.
+    """
+
+    def __init__(self, roles: dict, total_steps: int):
+        self.optimizers = {name: RoleOptimizer(params, cfg, total_steps, scope=name)
+                           for name, (_, params, cfg) in roles.items()}
+        _require_disjoint(self.optimizers)
+        self.arities = {name: _arity(name, cell) for name, (cell, _, _) in roles.items()}
+        self.train_step = JointTrainStep([cell for cell, _, _ in roles.values()], list(self.arities.values()),
+                                         [opt.optimizer for opt in self.optimizers.values()],
+                                         [opt.cfg.max_grad_norm for opt in self.optimizers.values()])
+
+    def step(self, inputs: dict) -> dict:
+        for name, arity in self.arities.items():
+            if len(inputs[name]) != arity:
+                raise ValueError(f"{name}: {len(inputs[name])} inputs given, its loss cell takes {arity}")
+        for opt in self.optimizers.values():
+            opt.set_learning_rate()
+        # Tensors flat and positional: a tuple argument of a graph is a constant, recompiled for every new value.
+        per_role, norms = self.train_step(*(t for name in self.optimizers for t in inputs[name]))
+        for opt in self.optimizers.values():
+            opt.step_count += 1
+        return {name: (float(loss.asnumpy()), _numpy(aux), float(norm.asnumpy()))
+                for name, (loss, aux), norm in zip(self.optimizers, per_role, norms)}
+
+
+def _arity(name: str, loss_cell: nn.Cell) -> int:
+    params = inspect.signature(loss_cell.construct).parameters.values()
+    if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+        raise ValueError(f"{name}: the loss cell's construct must name its inputs (no *args, **kwargs, keyword-only) "
+                         "to be stepped jointly")
+    return len(params)
+
+
+def _require_disjoint(optimizers: dict) -> None:
+    owner = {}
+    for name, opt in optimizers.items():
+        for p in opt.params:
+            if id(p) in owner:
+                raise ValueError(f"roles {owner[id(p)]!r} and {name!r} both train {p.name!r}: one joint step would give "
+                                 "it the sum of both losses' gradients and two optimizer updates; freeze it in one "
+                                 "role or step the roles with separate Updaters")
+            owner[id(p)] = name
 
 
 def _numpy(aux):
