@@ -189,28 +189,42 @@ def decisive_win_rate(candidate: np.ndarray, baseline: np.ndarray) -> float:
     return wins / (wins + losses) if wins + losses else float("nan")
 
 
-def bootstrap_interval(values: np.ndarray, level: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple:
+def bootstrap_interval(values: np.ndarray, level: float = 0.95, resamples: int = 4000, seed: int = 0,
+                       groups: Optional[Sequence] = None) -> tuple:
     """Percentile bootstrap interval of the mean of per-prompt ``values``: the prompts are resampled with
     replacement ``resamples`` times (a fixed seed, so a report is reproducible). With paired values (one
     per prompt, e.g. candidate minus baseline) it says how far the held-out figure could move on another
-    draw of prompts of the same size."""
+    draw of prompts of the same size.
+
+    ``groups`` (one label per value, e.g. the prompt text) resamples the distinct labels with all their
+    rows instead (a cluster bootstrap): rows that repeat one prompt are not independent draws (greedy
+    answers to one text are identical), and resampling them one by one would make the interval too narrow.
+    With every label distinct it is the row bootstrap, draw for draw."""
     values = np.asarray(values, np.float64)
+    labels = range(len(values)) if groups is None else groups
+    index: dict = {}
+    cluster = np.array([index.setdefault(g, len(index)) for g in labels], np.int64)
+    sums = np.bincount(cluster, weights=values, minlength=len(index))
+    counts = np.bincount(cluster, minlength=len(index)).astype(np.float64)
     rng = np.random.Generator(np.random.PCG64(seed))
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    picks = rng.integers(0, len(index), size=(resamples, len(index)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     tail = (1.0 - level) / 2
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
-def head_to_head(candidate: np.ndarray, baseline: np.ndarray) -> dict:
+def head_to_head(candidate: np.ndarray, baseline: np.ndarray, groups: Optional[Sequence] = None) -> dict:
     """Per-prompt comparison of two policies' judge scores: win rates (:func:`win_rate`,
     :func:`decisive_win_rate`), ties, the wins/losses/ties counts, the mean score gain, and bootstrap
-    intervals (:func:`bootstrap_interval`) of the win rate and of the gain."""
+    intervals (:func:`bootstrap_interval`, over the distinct ``groups`` when given) of the win rate and of
+    the gain; ``prompts`` counts the distinct prompts the intervals resample."""
     x, y = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
     wins, losses = int(np.sum(x > y)), int(np.sum(x < y))
     return {"win_rate": win_rate(x, y), "decisive_win_rate": decisive_win_rate(x, y), "ties": float(np.mean(x == y)),
             "wins_losses_ties": [wins, losses, len(x) - wins - losses],
-            "win_rate_interval": list(bootstrap_interval(_prompt_wins(x, y))),
-            "judge_gain": float(np.mean(x - y)), "judge_gain_interval": list(bootstrap_interval(x - y))}
+            "prompts": len(x) if groups is None else len(set(groups)),
+            "win_rate_interval": list(bootstrap_interval(_prompt_wins(x, y), groups=groups)),
+            "judge_gain": float(np.mean(x - y)), "judge_gain_interval": list(bootstrap_interval(x - y, groups=groups))}
 
 
 def reward_model_agreement(group: Sequence[PolicyAnswers]) -> dict:
@@ -255,6 +269,7 @@ def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence,
             picked[name] = evaluator.best_of_n(policy, prompts, name)
         return picked[name]
 
+    texts = [p.text for p in prompts]  # intervals resample distinct prompts
     for decoding in cfg.decodings:
         answers[decoding] = [answer(name, policy, decoding) for name, policy in policies.items()]
         summary[decoding] = {a.name: a.summary() for a in answers[decoding]}
@@ -262,7 +277,7 @@ def compare(policies: dict, reference_dir: str, reward_model, prompts: Sequence,
         if base is not None and judge is not None:
             for a in answers[decoding]:
                 if a is not base:
-                    for key, value in head_to_head(a.judge_scores, base.judge_scores).items():
+                    for key, value in head_to_head(a.judge_scores, base.judge_scores, texts).items():
                         summary[decoding][a.name][f"{key}_vs_{base.name}"] = value
         if judge is not None:
             summary.setdefault("reward_model_vs_judge", {})[decoding] = reward_model_agreement(

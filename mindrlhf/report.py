@@ -153,16 +153,17 @@ def _mean(rows: List[dict], key: str) -> float:
 
 def _head_to_head_lines(rows: dict) -> List[str]:
     """One sentence per policy compared with the baseline: its record, win rate and score gain, each
-    with its 95% bootstrap interval over the prompts."""
+    with its 95% bootstrap interval over the distinct prompts."""
     lines = []
     for name, row in rows.items():
         for key in [k for k in row if k.startswith("wins_losses_ties_vs_")]:
             base = key[len("wins_losses_ties_vs_"):]
             (wins, losses, ties), (lo, hi) = row[key], row[f"win_rate_interval_vs_{base}"]
             gain, (glo, ghi) = row[f"judge_gain_vs_{base}"], row[f"judge_gain_interval_vs_{base}"]
+            distinct = row.get(f"prompts_vs_{base}", wins + losses + ties)
             lines.append(f"{name} against {base}: {wins} wins, {losses} losses, {ties} ties; win rate "
-                         f"{row[f'win_rate_vs_{base}']:.3f} (95% bootstrap interval {lo:.3f} to {hi:.3f}); "
-                         f"judge score {gain:+.3f} per prompt ({glo:+.3f} to {ghi:+.3f}).")
+                         f"{row[f'win_rate_vs_{base}']:.3f} (95% bootstrap interval over {distinct} distinct "
+                         f"prompts {lo:.3f} to {hi:.3f}); judge score {gain:+.3f} per prompt ({glo:+.3f} to {ghi:+.3f}).")
     return lines + [""] if lines else []
 
 

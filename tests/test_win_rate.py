@@ -38,7 +38,8 @@ def test_head_to_head_record_gain_and_intervals():
     lo, hi = out["judge_gain_interval"]
     assert -0.5 <= lo < out["judge_gain"] < hi <= 2.5
     line, blank = _head_to_head_lines({"sft": {}, "ppo": {f"{k}_vs_sft": v for k, v in out.items()}})
-    assert line.startswith("ppo against sft: 2 wins, 1 losses, 2 ties; win rate 0.600") and blank == ""
+    assert line.startswith("ppo against sft: 2 wins, 1 losses, 2 ties; win rate 0.600 (95% bootstrap interval "
+                           "over 5 distinct prompts") and blank == ""
 
 
 def test_bootstrap_interval_of_constant_values_is_that_value():
@@ -56,6 +57,28 @@ def test_bootstrap_interval_matches_scipy_and_the_normal_approximation():
     lo, hi = bootstrap_interval(many)
     assert abs(lo - (many.mean() - half)) < 0.1 * half and abs(hi - (many.mean() + half)) < 0.1 * half
     assert bootstrap_interval(values, seed=5) == bootstrap_interval(values, seed=5)
+
+
+def test_cluster_bootstrap_resamples_distinct_prompts():
+    values = np.random.default_rng(5).normal(0.3, 1.0, size=40)
+    # every prompt distinct: the row bootstrap, draw for draw
+    assert np.allclose(bootstrap_interval(values, groups=[f"p{i}" for i in range(40)]), bootstrap_interval(values),
+                       rtol=1e-12)
+    # each prompt repeated 5 times with one value (greedy answers to one text): the interval of the 8 prompts'
+    # values, not the narrower one of 40 independent rows
+    per_prompt = values[:8]
+    rows, texts = np.repeat(per_prompt, 5), np.repeat([f"p{i}" for i in range(8)], 5)
+    assert np.allclose(bootstrap_interval(rows, groups=list(texts)), bootstrap_interval(per_prompt), rtol=1e-12)
+    lo_rows, hi_rows = bootstrap_interval(rows)
+    lo, hi = bootstrap_interval(rows, groups=list(texts))
+    assert hi - lo > 1.8 * (hi_rows - lo_rows)  # sqrt(5) wider in expectation
+    # unequal clusters: each resample's mean weighs every row once (ratio of sums), by hand for two prompts
+    lo, hi = bootstrap_interval(np.array([1.0, 1.0, 1.0, -1.0]), groups=["a", "a", "a", "b"], level=0.8)
+    # resamples: {a,a} -> 1 (p 1/4), {a,b} or {b,a} -> (3 - 1) / 4 = 0.5 (p 1/2), {b,b} -> -1 (p 1/4); its 10th
+    # and 90th percentiles (rows resampled one by one would put the 10th percentile at 0 or -0.5)
+    assert (lo, hi) == (-1.0, 1.0)
+    out = head_to_head(np.array([2.0, 2.0, 0.0]), np.array([1.0, 1.0, 1.0]), groups=["x", "x", "y"])
+    assert out["prompts"] == 2 and out["wins_losses_ties"] == [2, 1, 0]
 
 
 def _answers(name, rm, labeler):

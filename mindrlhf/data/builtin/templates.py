@@ -5,9 +5,13 @@ so a name never reads as part of a template; changing a template can change the 
 """
 
 SHELF_INTRO = "\nOn my shelf: "  # a prompt may end with films to choose from; the request is the text before it
-PROMPT_TEMPLATES = ("I'm in the mood for {a_genre}.", "Any good {genres}?", "Can you recommend {a_genre}?",
-                    "I want to watch {a_genre} tonight.", "Suggest {a_genre} for me, please.",
-                    "What {genres} should I watch?")
+REQUESTS = ("I'm in the mood for {a_genre}.", "Any good {genres}?", "Can you recommend {a_genre}?",
+            "I want to watch {a_genre} tonight.", "Suggest {a_genre} for me, please.", "What {genres} should I watch?")
+# what a user adds about the occasion: it changes nothing the labeler scores, but it makes the prompts many, so
+# the held-out prompts of one genre are not a handful of texts each repeated dozens of times
+CONTEXTS = ("", " It's for a quiet evening.", " My friends are coming over.", " I have about two hours.",
+            " We'll watch it after dinner.", " Something I can watch on the train.")
+PROMPT_TEMPLATES = tuple(request + context for context in CONTEXTS for request in REQUESTS)
 SEEN_TEMPLATES = (" I've already seen \"{seen}\".", " I just watched \"{seen}\".")
 FULL_ANSWERS = ("Try \"{title}\" ({year}), directed by {director}. It is about {description}.",
                 "I recommend \"{title}\", {a_genre} from {year} by {director}.",
