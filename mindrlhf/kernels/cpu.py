@@ -42,36 +42,34 @@ class RMSNorm(nn.Cell):
         return y
 
 
-class SwiGLU(nn.Cell):
-    """silu(a) * b with h = [a | b] on the last axis. construct(h [..., 2W]) -> [..., W]."""
+class _OneInput(nn.Cell):
+    """A kernel of one input whose backward reads (dy, x): ``{name}Forward`` and ``{name}Backward``."""
 
-    def __init__(self):
+    def __init__(self, name, out_shape=_same):
         super().__init__()
-        backward = aot("SwigluBackward", lambda dy, h: h, _same)
-
-        def bprop(h, out, dout):
-            return (backward(dout, h),)
-
-        self.op = aot("SwigluForward", lambda h: h[:-1] + [h[-1] // 2], _same, bprop)
-
-    def construct(self, h):
-        return self.op(h)
-
-
-class GeluTanh(nn.Cell):
-    """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). construct(x) -> same shape."""
-
-    def __init__(self):
-        super().__init__()
-        backward = aot("GeluTanhBackward", lambda dy, x: x, _same)
+        backward = aot(f"{name}Backward", lambda dy, x: x, _same)
 
         def bprop(x, out, dout):
             return (backward(dout, x),)
 
-        self.op = aot("GeluTanhForward", _same, _same, bprop)
+        self.op = aot(f"{name}Forward", out_shape, _same, bprop)
 
     def construct(self, x):
         return self.op(x)
+
+
+class SwiGLU(_OneInput):
+    """silu(a) * b with h = [a | b] on the last axis. construct(h [..., 2W]) -> [..., W]."""
+
+    def __init__(self):
+        super().__init__("Swiglu", lambda h: h[:-1] + [h[-1] // 2])
+
+
+class GeluTanh(_OneInput):
+    """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). construct(x) -> same shape."""
+
+    def __init__(self):
+        super().__init__("GeluTanh")
 
 
 class Rope(nn.Cell):
