@@ -28,11 +28,10 @@ class RuntimeConfig:
                                       "memory but compiles up to 3.4x longer and slowed the tiny model "
                                       "(docs/performance.md)")
     device_id: int = field(-1, "device index; -1 = from the environment (msrun sets it per worker)")
-    kernels: str = field("reference", "the model's hot operations (mindrlhf/kernels): reference = compositions of "
-                                      "MindSpore ops on every device; auto = hand-written C++ kernels on CPU (built "
-                                      "with g++ on first use; without g++, the reference) and MindSpore's fused ops "
-                                      "on Ascend; fused = those or stop. reference is the default until the main "
-                                      "job is re-measured with the fused kernels")
+    kernels: str = field("auto", "the model's hot operations (mindrlhf/kernels): auto = hand-written C++ kernels on "
+                                 "CPU (built with g++ on first use; without g++, the reference) and MindSpore's fused "
+                                 "ops on Ascend; fused = those or stop; reference = compositions of MindSpore ops on "
+                                 "every device")
 
     def validate(self):
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
@@ -51,7 +50,7 @@ class Runtime:
     world_size: int = 1
     device: str = "CPU"
     mode: str = "graph"
-    kernels: str = "reference"
+    kernels: str = "auto"
 
     @property
     def distributed(self) -> bool:

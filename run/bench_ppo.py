@@ -292,8 +292,8 @@ def main():
                         help="MindSpore CPU kernel threads (device_context.cpu.op_tuning.threads_num); 0 = its default")
     parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
     parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
-    parser.add_argument("--kernels", default="reference", choices=["reference", "auto", "fused"],
-                        help="runtime.kernels of our side (reference by default, as the library)")
+    parser.add_argument("--kernels", default="auto", choices=["reference", "auto", "fused"],
+                        help="runtime.kernels of our side (auto by default, as the library)")
     parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"],
                         help="run one side only (lever sweeps)")
     parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")

@@ -141,8 +141,8 @@ def main():
     parser.add_argument("--ms-threads", type=int, default=0, help="MindSpore CPU kernel threads; 0 = its default")
     parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
     parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
-    parser.add_argument("--kernels", default="reference", choices=["reference", "auto", "fused"],
-                        help="runtime.kernels of our side (reference by default, as the library)")
+    parser.add_argument("--kernels", default="auto", choices=["reference", "auto", "fused"],
+                        help="runtime.kernels of our side (auto by default, as the library)")
     parser.add_argument("--sides", default="both", choices=["both", "ours", "torch"])
     parser.add_argument("--torch-python", default=bc.bench_python(), help="interpreter for the torch loop")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per child process")

@@ -225,13 +225,14 @@ def test_the_main_jobs_tuned_values():
     values = _leaves(cfg)
     want = {"sft.model": "tiny", "sft.data.max_length": 96, "sft.train.batch_size": 32, "sft.train.max_steps": 800,
             "sft.optim.lr": 3e-3, "sft.optim.warmup_steps": 40, "rankings.k": 8, "rankings.max_prompts": 1000,
-            "rm.data.max_length": 96, "rm.data.eval_fraction": 0.05, "rm.train.batch_size": 16, "rm.train.epochs": 6.0,
-            "rm.optim.lr": 2e-3, "rm.optim.warmup_steps": 10, "algorithms": ["dpo"], "dpo.data.max_length": 96,
+            "rm.data.max_length": 128, "rm.data.eval_fraction": 0.05, "rm.train.batch_size": 16, "rm.train.epochs": 6.0,
+            "rm.optim.lr": 2e-3, "rm.optim.warmup_steps": 10, "algorithms": ["dpo"], "dpo.data.max_length": 128,
             "dpo.data.pairs": "all", "dpo.train.batch_size": 32, "dpo.train.epochs": 1.0, "dpo.algo.beta": 0.5,
-            "dpo.algo.loss_type": "sigmoid", "dpo.optim.lr": 3e-4, "dpo.optim.warmup_steps": 20,
+            "dpo.algo.loss_type": "sigmoid", "dpo.algo.sft_coef": 0.3, "dpo.optim.lr": 3e-4, "dpo.optim.warmup_steps": 20,
             "dpo.iterate.rounds": 2, "dpo.iterate.k": 8, "dpo.iterate.prompts_per_round": 1000,
             "dpo.iterate.noise": 0.5, "dpo.iterate.max_new_tokens": 48, "dpo.iterate.prompts": "{task.prompts}",
-            "iterate.rounds": 1, "eval.max_prompts": 200, "task.name": "builtin", "task.vocab_size": 1000}
+            "iterate.rounds": 1, "eval.max_prompts": 200, "task.name": "builtin", "task.vocab_size": 1000,
+            "runtime.kernels": "auto"}
     assert {k: values[k] for k in want} == want
     assert values["dpo.iterate.labeler"] == "{task.labeler}"  # the task's labeler, set at run time
 

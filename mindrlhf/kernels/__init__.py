@@ -9,11 +9,10 @@
 | ``token_logprobs()`` | (hidden [N, H], weight [V, H], labels [N]) -> (log p(label), entropy) [N] | ``lm_head.TokenLogprobs`` | reference | ``reference.TokenLogprobs`` |
 | ``sum_squares()`` | (x) -> Σ x² [] (gradient clipping's norm) | ``cpu.SumSquares`` | reference | ``reference.SumSquares`` |
 
-``reference`` (the default) takes the compositions on every device; ``auto`` takes the fused CPU kernels on
-CPU when their library builds (``build.py``; without a compiler, one printed line and the reference ones),
-MindSpore's fused operators on Ascend, and the reference compositions on GPU; ``fused`` insists on the CPU
-library (or Ascend's operators) and stops with the reason when it cannot have them. The default stays
-``reference`` until the main job is re-measured with the fused kernels. Every factory returns a Cell without
+``auto`` (the default) takes the fused CPU kernels on CPU when their library builds (``build.py``; without a
+compiler, one printed line and the reference ones), MindSpore's fused operators on Ascend, and the reference
+compositions on GPU; ``fused`` insists on the CPU library (or Ascend's operators) and stops with the reason
+when it cannot have them; ``reference`` takes the compositions on every device. Every factory returns a Cell without
 parameters: a layer keeps its weights and passes them in, so checkpoints do not depend on the choice.
 """
 import functools
@@ -61,7 +60,7 @@ def resolve(setting: str, device: str) -> str:
 
 
 def backend() -> str:
-    """The backend of the runtime set up last (``runtime.setup``), or of the defaults (reference, CPU) before it."""
+    """The backend of the runtime set up last (``runtime.setup``), or of the defaults (auto, CPU) before it."""
     rt = runtime.current()
     return resolve(rt.kernels, rt.device)
 

@@ -37,10 +37,8 @@ def test_reference_everywhere_and_gpu_falls_back():
         kernels.resolve("fast", "CPU")
 
 
-def test_the_default_is_the_reference_kernels_on_cpu(monkeypatch):
-    """Until the main job is re-measured with the fused kernels, a default run computes what MindSpore's ops do."""
-    assert RuntimeConfig().kernels == runtime.Runtime().kernels == "reference"
-    monkeypatch.setattr(runtime, "_CURRENT", runtime.Runtime())
+def test_reference_kernels_are_mindspore_compositions(monkeypatch):
+    monkeypatch.setattr(runtime, "_CURRENT", runtime.Runtime(kernels="reference"))
     assert kernels.backend() == "reference"
     assert isinstance(kernels.rms_norm(8, 1e-6), reference.RMSNorm)
     assert isinstance(kernels.token_logprobs(), reference.TokenLogprobs)
@@ -54,8 +52,10 @@ def test_runtime_config_checks_the_setting():
 
 
 @pytest.mark.skipif(not HAVE_GXX, reason="no g++")
-def test_auto_on_cpu_builds_and_uses_the_fused_kernels(monkeypatch):
-    monkeypatch.setattr(runtime, "_CURRENT", runtime.Runtime(kernels="auto"))
+def test_the_default_builds_and_uses_the_fused_kernels_on_cpu(monkeypatch):
+    assert RuntimeConfig().kernels == runtime.Runtime().kernels == "auto"
+    monkeypatch.setattr(runtime, "_CURRENT", runtime.Runtime())
+    assert kernels.backend() == "fused"
     assert kernels.resolve("auto", "CPU") == "fused"
     assert isinstance(kernels.rms_norm(8, 1e-6), cpu.RMSNorm)
     monkeypatch.setattr(runtime, "_CURRENT", runtime.Runtime(kernels="reference"))

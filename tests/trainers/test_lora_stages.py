@@ -207,7 +207,9 @@ def test_ppo_roles_share_the_frozen_weights(ppo_run, world):
 def test_ppo_reference_is_the_untouched_base_while_the_actor_moves(ppo_run, world):
     trainer, rows, _ = ppo_run
     root = world[0]
-    assert abs(rows[0]["kl"]) < 1e-6  # iteration 1 samples from actor = base (B = 0)
+    # iteration 1 samples from actor = base (B = 0): the sampler's log-probs (full logits) and the reference's
+    # (the LM-head kernel, in vocabulary chunks) differ by float32 rounding only, summed over the answer
+    assert abs(rows[0]["kl"]) < 1e-4
     assert rows[-1]["kl"] > 1e-3 and all(np.isfinite(r["pg_loss"]) and np.isfinite(r["vf_loss"]) for r in rows)
     policy = CausalLM.from_pretrained(str(root / "policy"))
     for name, p in trainer.reference.lm.named_weights():  # bit-identical after the updates
