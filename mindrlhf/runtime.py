@@ -32,6 +32,8 @@ class RuntimeConfig:
                                  "CPU (built with g++ on first use; without g++, the reference) and MindSpore's fused "
                                  "ops on Ascend; fused = those or stop; reference = compositions of MindSpore ops on "
                                  "every device")
+    recompute: bool = field(False, "recompute each decoder layer's activations in the backward instead of keeping "
+                                   "them: less peak memory for one more forward per layer")
 
     def validate(self):
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
@@ -51,6 +53,7 @@ class Runtime:
     device: str = "CPU"
     mode: str = "graph"
     kernels: str = "auto"
+    recompute: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -106,7 +109,8 @@ def setup(cfg: RuntimeConfig) -> Runtime:
         rank, world = get_rank(), get_group_size()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     seed_everything(cfg.seed)
-    _CURRENT = Runtime(rank=rank, world_size=world, device=cfg.device, mode=cfg.mode, kernels=cfg.kernels)
+    _CURRENT = Runtime(rank=rank, world_size=world, device=cfg.device, mode=cfg.mode, kernels=cfg.kernels,
+                       recompute=cfg.recompute)
     return _CURRENT
 
 

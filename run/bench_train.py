@@ -56,7 +56,7 @@ def side_ours(args) -> dict:
     from mindrlhf.trainers.step import OptimConfig, Updater
 
     runtime.setup(runtime.RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", graph_kernel=args.graph_kernel,
-                                        kernels=args.kernels))
+                                        kernels=args.kernels, recompute=args.recompute))
     if args.ms_threads:
         ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
     model = CausalLM.from_pretrained(os.path.join(args.dir, "model"))
@@ -74,7 +74,7 @@ def side_ours(args) -> dict:
         losses.append(loss)
         print(f"[ours {args.size}] step {step}: {times[-1]:.3f} s, loss {loss:.5f}", flush=True)
     out = summarize(times, cpu, losses, args)
-    out.update(jit_level=args.jit_level, graph_kernel=args.graph_kernel, kernels=args.kernels,
+    out.update(jit_level=args.jit_level, graph_kernel=args.graph_kernel, kernels=args.kernels, recompute=args.recompute,
                versions=bc.versions("mindspore"))
     return out
 
@@ -116,7 +116,7 @@ def child_args(args, side: str, size: str, folder: str) -> list:
     for flag, value in (("--jit-level", args.jit_level), ("--ms-threads", args.ms_threads)):
         if value:
             out += [flag, value]
-    return out + (["--graph-kernel"] if args.graph_kernel else [])
+    return out + (["--graph-kernel"] if args.graph_kernel else []) + (["--recompute"] if args.recompute else [])
 
 
 def describe(d: dict) -> str:
@@ -126,7 +126,8 @@ def describe(d: dict) -> str:
 
 def orchestrate(args) -> dict:
     return bc.orchestrate(os.path.abspath(__file__), args, "train", "torch", args.torch_python, child_args,
-                          ("batch", "seq_len", "steps", "jit_level", "graph_kernel", "kernels", "threads", "ms_threads"),
+                          ("batch", "seq_len", "steps", "jit_level", "graph_kernel", "kernels", "recompute", "threads",
+                           "ms_threads"),
                           NOTES, lambda v: "torch " + v.get("torch", "?") + " loop", describe)
 
 
@@ -143,6 +144,7 @@ def main():
     parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
     parser.add_argument("--kernels", default="auto", choices=["reference", "auto", "fused"],
                         help="runtime.kernels of our side (auto by default, as the library)")
+    parser.add_argument("--recompute", action="store_true", help="runtime.recompute=true on our side")
     parser.add_argument("--sides", default="both", choices=["both", "ours", "torch"])
     parser.add_argument("--torch-python", default=bc.bench_python(), help="interpreter for the torch loop")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per child process")

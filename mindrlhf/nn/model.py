@@ -49,6 +49,7 @@ class CausalLM(nn.Cell):
             head_scale = [1.0 / math.sqrt(config.head_dim)] * config.num_heads + [1.0] * config.num_kv_heads
             self.rope_head_scale = Tensor(np.array(head_scale, np.float32).reshape(-1, 1))  # [H + KV, 1]
         self.layers = nn.CellList([DecoderLayer(config) for _ in range(config.num_layers)])
+        self.layers_recomputed = False  # see recompute_layers
         norm = LayerNorm if self.gpt2 else RMSNorm
         self.final_norm = norm(config.hidden_size, config.norm_eps)
         if not self.tied:
@@ -170,6 +171,17 @@ class CausalLM(nn.Cell):
             x = layer.decode(x, cos, sin, bias, k_caches[i], v_caches[i], slot)
             i += 1
         return self.logits_from_hidden(self.final_norm(x)).reshape(b, self.vocab_size)  # see prefill
+
+    # ---- memory -------------------------------------------------------------------------------
+    def recompute_layers(self):
+        """Mark every decoder layer for recompute (MindSpore's ``Cell.recompute``): a graph that differentiates
+        this model keeps each layer's output, not its intermediate activations, and runs the layer's forward
+        again in the backward. Call it once the layers are final (after LoRA), since cells attached later are
+        not marked; a second call does nothing."""
+        if not self.layers_recomputed:
+            for layer in self.layers:
+                layer.recompute()
+            self.layers_recomputed = True
 
     # ---- weights ----------------------------------------------------------------------------
     def named_weights(self):

@@ -19,6 +19,7 @@ from mindspore import nn, ops
 
 from .. import kernels, runtime
 from ..config import field, require
+from ..nn.model import CausalLM
 from .adamw import AdamW
 
 
@@ -128,12 +129,24 @@ class ApplyGradients(nn.Cell):
         return norm
 
 
+def _value_and_grad(loss_cell: nn.Cell, params):
+    """``ms.value_and_grad`` of ``loss_cell(*inputs) -> (loss, aux)`` w.r.t. ``params``. With ``runtime.recompute``
+    every CausalLM inside ``loss_cell`` first has its decoder layers marked for recompute: the backward runs each
+    layer's forward again instead of keeping its activations. Marking here, where every stage's backward is
+    built, covers every trained model once its structure is final (LoRA applied)."""
+    if runtime.current().recompute:
+        for _, cell in loss_cell.cells_and_names():
+            if isinstance(cell, CausalLM):
+                cell.recompute_layers()
+    return ms.value_and_grad(loss_cell, None, params, has_aux=True)
+
+
 class TrainStep(nn.Cell):
     """One optimizer step on one batch: ``loss_cell(*inputs) -> (loss, aux)``; returns (loss, aux, grad_norm)."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer, max_grad_norm: float):
         super().__init__(auto_prefix=False)
-        self.grad_fn = ms.value_and_grad(loss_cell, None, optimizer.parameters, has_aux=True)
+        self.grad_fn = _value_and_grad(loss_cell, optimizer.parameters)
         self.apply_grads = ApplyGradients(optimizer, max_grad_norm)
 
     def construct(self, *inputs):
@@ -146,7 +159,7 @@ class AccumulateStep(nn.Cell):
 
     def __init__(self, loss_cell: nn.Cell, params, accum):
         super().__init__(auto_prefix=False)
-        self.grad_fn = ms.value_and_grad(loss_cell, None, params, has_aux=True)
+        self.grad_fn = _value_and_grad(loss_cell, params)
         self.accum = accum
         self.map = ops.HyperMap()
 
@@ -202,8 +215,7 @@ class JointTrainStep(nn.Cell):
     def __init__(self, loss_cells, arities, optimizers, max_grad_norms):
         super().__init__(auto_prefix=False)
         params = [p for opt in optimizers for p in opt.parameters]
-        self.grad_fn = ms.value_and_grad(SumOfLosses(loss_cells, arities), None, ms.ParameterTuple(params),
-                                         has_aux=True)
+        self.grad_fn = _value_and_grad(SumOfLosses(loss_cells, arities), ms.ParameterTuple(params))
         self.apply_grads = nn.CellList([ApplyGradients(opt, norm) for opt, norm in zip(optimizers, max_grad_norms)],
                                        auto_prefix=False)
         self.bounds = _bounds([len(opt.parameters) for opt in optimizers])
