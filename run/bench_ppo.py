@@ -115,7 +115,8 @@ def side_ours(args) -> dict:
                     data=PPODataConfig(prompts=os.path.join(args.dir, "prompts.jsonl"), max_prompt_length=64),
                     rollout=RolloutConfig(batch_size=args.batch, max_new_tokens=args.new_tokens, temperature=1.0),
                     algo=PPOAlgoConfig(iterations=args.iters + 1, epochs=args.epochs, mini_batch_size=args.mini_batch),
-                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", kernels=args.kernels))
+                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", kernels=args.kernels,
+                                          recompute=args.recompute))
     trainer = PPOTrainer(cfg)
     trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side
     ids = prompts_for(args, trainer.actor_lm.config.vocab_size)
@@ -149,7 +150,7 @@ def side_ours(args) -> dict:
               f"score {row['score']:.2f}, train {row['train']:.2f}); pg_loss {metrics['pg_loss']:.4f}", flush=True)
     out = summarize(iterations, args)
     out.update(setup_s=setup_s, jit_level=args.jit_level, graph_kernel=args.graph_kernel, ms_threads=args.ms_threads,
-               kernels=args.kernels,
+               kernels=args.kernels, recompute=args.recompute,
                versions=bc.versions("mindspore", "numpy"))
     return out
 
@@ -258,6 +259,8 @@ def child_args(args, side: str, size: str, folder: str) -> list:
         out += ["--jit-level", args.jit_level]
     if args.graph_kernel:
         out += ["--graph-kernel"]
+    if args.recompute:
+        out += ["--recompute"]
     if args.ms_threads:
         out += ["--ms-threads", args.ms_threads]
     return out
@@ -273,7 +276,7 @@ def describe(d: dict) -> str:
 def orchestrate(args) -> dict:
     return bc.orchestrate(os.path.abspath(__file__), args, "ppo", "trl", args.trl_python, child_args,
                           ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch", "iters", "jit_level",
-                           "graph_kernel", "kernels", "threads", "ms_threads"),
+                           "graph_kernel", "kernels", "recompute", "threads", "ms_threads"),
                           NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
 
 
@@ -294,6 +297,7 @@ def main():
     parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
     parser.add_argument("--kernels", default="auto", choices=["reference", "auto", "fused"],
                         help="runtime.kernels of our side (auto by default, as the library)")
+    parser.add_argument("--recompute", action="store_true", help="runtime.recompute=true on our side")
     parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"],
                         help="run one side only (lever sweeps)")
     parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")
