@@ -309,7 +309,7 @@ def _fmt(x, digits=2):
 
 def _settings_text(s: dict) -> str:
     keys = ("batch", "group", "prompt_len", "new_tokens", "response_len", "seq_len", "epochs", "mini_batch", "beta", "lr",
-            "jit_level", "graph_kernel", "kernels", "threads", "ms_threads")
+            "jit_level", "graph_kernel", "kernels", "recompute", "threads", "ms_threads")
     return " ".join(f"{k}={s[k]}" for k in keys if s.get(k) not in (None, ""))
 
 
