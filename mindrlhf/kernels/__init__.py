@@ -6,6 +6,7 @@
 | ``swiglu()`` | (h [..., 2W]) -> silu(a) b [..., W] | ``cpu.SwiGLU`` | ``ops.swiglu`` | ``reference.SwiGLU`` |
 | ``gelu_tanh()`` | (x) -> GELU, tanh form | ``cpu.GeluTanh`` | ``ops.gelu`` | ``reference.GeluTanh`` |
 | ``rope()`` | (x, cos, sin [..., D]) -> rotated x | ``cpu.Rope`` | ``ops.rotary_position_embedding`` | ``reference.Rope`` |
+| ``swap_axes12()`` | (x [A, B, C, D]) -> [A, C, B, D] (attention's heads-first layout) | ``cpu.SwapAxes12`` | reference | ``reference.SwapAxes12`` |
 | ``token_logprobs()`` | (hidden [N, H], weight [V, H], labels [N]) -> (log p(label), entropy) [N] | ``lm_head.TokenLogprobs`` | reference | ``reference.TokenLogprobs`` |
 | ``sum_squares()`` | (x) -> Σ x² [] (gradient clipping's norm) | ``cpu.SumSquares`` | reference | ``reference.SumSquares`` |
 
@@ -27,6 +28,7 @@ _CELLS = {
     "swiglu": {"fused": cpu.SwiGLU, "ascend": ascend.SwiGLU, "reference": reference.SwiGLU},
     "gelu_tanh": {"fused": cpu.GeluTanh, "ascend": ascend.GeluTanh, "reference": reference.GeluTanh},
     "rope": {"fused": cpu.Rope, "ascend": ascend.Rope, "reference": reference.Rope},
+    "swap_axes12": {"fused": cpu.SwapAxes12, "reference": reference.SwapAxes12},
     "token_logprobs": {"fused": lm_head.TokenLogprobs, "reference": reference.TokenLogprobs},
     "sum_squares": {"fused": cpu.SumSquares, "reference": reference.SumSquares},
 }
@@ -80,6 +82,10 @@ def swiglu():
 
 def gelu_tanh():
     return _cell("gelu_tanh")
+
+
+def swap_axes12():
+    return _cell("swap_axes12")
 
 
 def rope():

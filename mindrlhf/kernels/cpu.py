@@ -90,6 +90,27 @@ class Rope(nn.Cell):
         return self.op(x, cos, sin)
 
 
+def _swapped(shape):
+    return [shape[0], shape[2], shape[1], shape[3]]
+
+
+class SwapAxes12(nn.Cell):
+    """x [A, B, C, D] -> [A, C, B, D] (``x.transpose(0, 2, 1, 3)``), by row copies; the backward is the same
+    swap of the gradient."""
+
+    def __init__(self):
+        super().__init__()
+        backward = aot("SwapAxes12", _swapped, _same)
+
+        def bprop(x, out, dout):
+            return (backward(dout),)
+
+        self.op = aot("SwapAxes12", _swapped, _same, bprop)
+
+    def construct(self, x):
+        return self.op(x)
+
+
 class SumSquares(nn.Cell):
     """Σ x², over every element of x: construct(x) -> [] (0-d). No backward (a gradient norm is not
     differentiated)."""

@@ -73,6 +73,13 @@ class Rope(nn.Cell):
         return apply_rope(x, cos, sin)
 
 
+class SwapAxes12(nn.Cell):
+    """x [A, B, C, D] -> [A, C, B, D]."""
+
+    def construct(self, x):
+        return x.transpose(0, 2, 1, 3)
+
+
 class SumSquares(nn.Cell):
     """Σ x², over every element of x: construct(x) -> [] (0-d)."""
 

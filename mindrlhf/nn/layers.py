@@ -43,7 +43,9 @@ class Linear(nn.Cell):
         else:
             y = self.matmul(x2, self.weight)
         if self.bias is not None:
-            y = y + self.bias
+            # BiasAdd, not a broadcasting `y + bias`: MindSpore's CPU broadcast kernels keep index tables of
+            # 16 bytes per output element for the graph's life (docs/performance.md)
+            y = ops.bias_add(y, self.bias)
         return y.reshape(lead + (self.out_features,))
 
 
@@ -120,6 +122,7 @@ class Attention(nn.Cell):
         self.cast = cfg.compute_dtype != "float32"
         self.bmm_qk = ops.BatchMatMul(transpose_b=True)
         self.bmm_pv = ops.BatchMatMul()
+        self.heads_first = kernels.swap_axes12()  # [B, T, H, D] <-> [B, H, T, D]
 
     def project(self, x, cos, sin):
         """x [B, T, hidden] -> q [B, H, T, D], k and v [B, KV, T, D]. Llama: cos/sin [B, T, H + KV, D],
@@ -129,12 +132,12 @@ class Attention(nn.Cell):
         qkv = self.qkv_proj(x)
         if self.use_rope:
             qk = self.rope(qkv[:, :, :self.q_size + self.kv_size].reshape(b, t, h + kv, d), cos, sin)
-            q = qk[:, :, :h].transpose(0, 2, 1, 3)
-            k = qk[:, :, h:].transpose(0, 2, 1, 3)
+            q = self.heads_first(qk[:, :, :h])
+            k = self.heads_first(qk[:, :, h:])
         else:
-            q = qkv[:, :, :self.q_size].reshape(b, t, h, d).transpose(0, 2, 1, 3)
-            k = qkv[:, :, self.q_size:self.q_size + self.kv_size].reshape(b, t, kv, d).transpose(0, 2, 1, 3)
-        v = qkv[:, :, self.q_size + self.kv_size:].reshape(b, t, kv, d).transpose(0, 2, 1, 3)
+            q = self.heads_first(qkv[:, :, :self.q_size].reshape(b, t, h, d))
+            k = self.heads_first(qkv[:, :, self.q_size:self.q_size + self.kv_size].reshape(b, t, kv, d))
+        v = self.heads_first(qkv[:, :, self.q_size + self.kv_size:].reshape(b, t, kv, d))
         return q, k, v
 
     def attend(self, q, k, v, bias):
@@ -155,7 +158,7 @@ class Attention(nn.Cell):
             scores = scores * self.scale
         probs = ops.softmax(scores.reshape(b, self.num_heads, t, s) + bias, -1).reshape(b, kv, g * t, s)
         out = self.bmm_pv(probs.astype(v.dtype), v).astype(ms.float32)     # [B, KV, G*T, D]
-        out = out.reshape(b, self.num_heads, t, self.head_dim).transpose(0, 2, 1, 3)
+        out = self.heads_first(out.reshape(b, self.num_heads, t, self.head_dim))  # back to [B, T, H, D]
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 

@@ -24,6 +24,10 @@ def rope(x, cos, sin):
     return x * cos + np.concatenate([-b, a], -1) * sin
 
 
+def swap_axes12(x):
+    return np.swapaxes(x, 1, 2)
+
+
 def token_logprobs(hidden, weight, labels):
     """(log p(labels), entropy) of softmax(hidden · weightᵀ), float64."""
     logits = hidden @ weight.T

@@ -47,6 +47,9 @@ def _case(name):
         plain_sin = sin * np.concatenate([-np.ones(8), np.ones(8)])  # rope_tables' sin carries rotate-half's sign
         x = RNG.normal(size=(2, 3, 4, 16)).astype(np.float32)
         return (cpu.Rope(), reference.Rope(), lambda x, c, s: numeric.rope(x, c, plain_sin), [x, cos, sin], [0])
+    if name == "swap_axes12":
+        x = RNG.normal(size=(2, 3, 4, 5)).astype(np.float32)
+        return cpu.SwapAxes12(), reference.SwapAxes12(), numeric.swap_axes12, [x], [0]
     if name == "token_logprobs":
         # 10 rows, 300 vocabulary rows in chunks of 128 (three, the last partial); labels in every chunk
         hidden = (RNG.normal(size=(10, 16)) * 2.0).astype(np.float32)
@@ -92,7 +95,7 @@ def _close(got, expected, what):
         assert err < TOL, f"{what} {i}: relative error {err:.2e}"
 
 
-CASES = ("rms_norm", "swiglu", "gelu_tanh", "rope", "token_logprobs")
+CASES = ("rms_norm", "swiglu", "gelu_tanh", "rope", "swap_axes12", "token_logprobs")
 
 
 @pytest.fixture(scope="module")
