@@ -25,13 +25,13 @@ from typing import List, Optional, Sequence, Union
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
 
 from .config import field, require
 from .data.tokenizer import Tokenizer
 from .generation import generate_batches, generation_config, response_texts
 from .nn import CausalLM
 from .nn.generate import Generator
+from .nn.graph import GraphCell
 from .nn.hf import load_hf_folder
 from .plugins import prompt_columns
 from .roles import Policy
@@ -63,7 +63,7 @@ class EvalConfig:
         require(self.samples_in_report >= 0, "samples_in_report", f"must be >= 0, got {self.samples_in_report}")
 
 
-class _SequenceLogprob(nn.Cell):
+class _SequenceLogprob(GraphCell):
     """Σ_t log π(y_t) over the response of each row: construct(ids, mask, response_mask) → [B]."""
 
     def __init__(self, policy: Policy, response_len: int):

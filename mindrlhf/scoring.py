@@ -28,7 +28,6 @@ import os
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
 
 from . import runtime
 from .config import field, require
@@ -38,6 +37,7 @@ from .data.formats import load_demonstrations
 from .data.tokenizer import Tokenizer
 from .io import atomic_write
 from .nn import CausalLM
+from .nn.graph import GraphCell
 from .runtime import DEVICES, RuntimeConfig
 from .trainers.artifacts import load_reward_model
 
@@ -70,7 +70,7 @@ class ScoreConfig:
         require(self.device in DEVICES, "device", f"{self.device!r} is not one of {', '.join(DEVICES)}")
 
 
-class SequenceLogprob(nn.Cell):
+class SequenceLogprob(GraphCell):
     """Σ_t loss_mask_t · log π(y_t | y_<t) per row of right-padded sequences.
 
     construct(input_ids [B, T], attention_mask [B, T], loss_mask [B, T] float) → [B]; the masks are

@@ -8,6 +8,7 @@
 | ``rope()`` | (x, cos, sin [..., D]) -> rotated x | ``cpu.Rope`` | ``ops.rotary_position_embedding`` | ``reference.Rope`` |
 | ``swap_axes12()`` | (x [A, B, C, D]) -> [A, C, B, D] (attention's heads-first layout) | ``cpu.SwapAxes12`` | reference | ``reference.SwapAxes12`` |
 | ``token_logprobs()`` | (hidden [N, H], weight [V, H], labels [N]) -> (log p(label), entropy) [N] | ``lm_head.TokenLogprobs`` | reference | ``reference.TokenLogprobs`` |
+| ``adamw_update()`` | (p, m, v, grad, hyper [7], norm) -> clip factor [1]; p, m, v updated in place | ``cpu.AdamWUpdate`` | reference | ``reference.AdamWUpdate`` |
 | ``sum_squares()`` | (x) -> Σ x² [] (gradient clipping's norm) | ``cpu.SumSquares`` | reference | ``reference.SumSquares`` |
 
 ``auto`` (the default) takes the fused CPU kernels on CPU when their library builds (``build.py``; without a
@@ -30,6 +31,7 @@ _CELLS = {
     "rope": {"fused": cpu.Rope, "ascend": ascend.Rope, "reference": reference.Rope},
     "swap_axes12": {"fused": cpu.SwapAxes12, "reference": reference.SwapAxes12},
     "token_logprobs": {"fused": lm_head.TokenLogprobs, "reference": reference.TokenLogprobs},
+    "adamw_update": {"fused": cpu.AdamWUpdate, "reference": reference.AdamWUpdate},
     "sum_squares": {"fused": cpu.SumSquares, "reference": reference.SumSquares},
 }
 
@@ -94,6 +96,10 @@ def rope():
 
 def token_logprobs():
     return _cell("token_logprobs")
+
+
+def adamw_update(decayed: bool = True, clipped: bool = True):
+    return _cell("adamw_update", decayed, clipped)
 
 
 def sum_squares():

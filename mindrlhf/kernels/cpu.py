@@ -111,6 +111,22 @@ class SwapAxes12(nn.Cell):
         return self.op(x)
 
 
+class AdamWUpdate(nn.Cell):
+    """One parameter's AdamW step, clipped, in place (``reference.AdamWUpdate`` is the contract):
+    construct(p, m, v, grad, hyper [7], norm) -> the clipping factor [1]. The kernel writes p, m and v, which
+    MindSpore takes for inputs only: the caller must use the output (or the update is dropped as dead code) and
+    must not read p, m or v after it in the same graph. No backward. The kernel reads λ and max_norm from
+    ``hyper``: ``decayed`` and ``clipped`` are the reference's."""
+
+    def __init__(self, decayed: bool = True, clipped: bool = True):
+        super().__init__()
+        del decayed, clipped
+        self.op = aot("AdamWUpdate", lambda p, m, v, g, h, n: [1], lambda p, m, v, g, h, n: h)
+
+    def construct(self, p, m, v, grad, hyper, norm):
+        return self.op(p, m, v, grad, hyper, norm)
+
+
 class SumSquares(nn.Cell):
     """Σ x², over every element of x: construct(x) -> [] (0-d). No backward (a gradient norm is not
     differentiated)."""

@@ -80,6 +80,31 @@ class SwapAxes12(nn.Cell):
         return x.transpose(0, 2, 1, 3)
 
 
+class AdamWUpdate(nn.Cell):
+    """One parameter's AdamW step on its gradient clipped by the global norm, p, m and v updated in place:
+    construct(p, m, v, grad, hyper, norm) -> the clipping factor s [1], hyper = [lr, β1, β2, ε, λ, t, max_norm],
+    s = min(1, max_norm / (norm + 1e-6)) (1 when max_norm = 0, torch's ``clip_grad_norm_``). The update is
+    torch's AdamW on s·grad (trainers/adamw.py), by MindSpore's fused ``ops.Adam``. ``decayed`` (λ > 0) and
+    ``clipped`` (max_norm > 0), fixed when the step is built, leave out the decay and the clipping passes."""
+
+    def __init__(self, decayed: bool = True, clipped: bool = True):
+        super().__init__()
+        self.adam = ops.Adam()
+        self.decayed, self.clipped = decayed, clipped
+
+    def construct(self, p, m, v, grad, hyper, norm):
+        lr, beta1, beta2, eps, decay_rate, t, max_norm = ops.unstack(hyper)
+        one = ops.ones((), ms.float32)
+        scale = ops.select(max_norm > 0, ops.minimum(one, max_norm / (norm.reshape(()) + 1e-6)), one)
+        beta2_power = ops.pow(beta2, t)
+        if self.decayed:
+            ops.assign(p, p * (1.0 - lr * decay_rate))
+        if self.clipped:
+            grad = grad * scale
+        self.adam(p, m, v, ops.pow(beta1, t), beta2_power, lr, beta1, beta2, eps * ops.sqrt(1.0 - beta2_power), grad)
+        return scale.reshape(1)
+
+
 class SumSquares(nn.Cell):
     """Σ x², over every element of x: construct(x) -> [] (0-d)."""
 

@@ -21,6 +21,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from mindrlhf.data.batching import bucket_length, pad_left
 from mindrlhf.config import field, require
+from mindrlhf.nn.graph import GraphCell
 from mindrlhf.nn.sampling import filter_top_k, filter_top_p, sample_inverse_cdf, token_logprob
 
 
@@ -96,7 +97,7 @@ class TokenChooser(nn.Cell):
         return token, token_logprob(scaled, token)
 
 
-class DecodeLoop(nn.Cell):
+class DecodeLoop(GraphCell):
     """prefill + max_new_tokens decode steps + sampling in one graph.
 
     construct(prompt_ids [B, P], prompt_mask [B, P], uniforms [N, B], temperature, top_p)

@@ -12,12 +12,13 @@ import os
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
+from mindspore import ops
 
 from .. import runtime
 from ..algos import masked_sum
 from ..data.batching import sft_batch
 from ..io import atomic_write
+from ..nn.graph import GraphCell
 
 REFERENCE_FILE = "reference_logps.npz"
 
@@ -31,7 +32,7 @@ def sequence_logps(lm, input_ids, attention_mask, loss_mask):
     return masked_sum(logprobs, mask, 1), ops.reduce_sum(mask, 1)
 
 
-class SequenceLogps(nn.Cell):
+class SequenceLogps(GraphCell):
     """(input_ids, attention_mask, loss_mask [B, T]) → log π(response) [B]: the reference pass."""
 
     def __init__(self, lm):

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from mindspore import nn, ops
+from mindspore import ops
 
-from ..algos import compute_gae, kl_penalty, masked_moments, token_level_rewards, whiten_from_moments
 from .. import runtime
+from ..algos import compute_gae, kl_penalty, masked_moments, token_level_rewards, whiten_from_moments
+from ..nn.graph import GraphCell
 
 
 @dataclasses.dataclass
@@ -50,7 +51,7 @@ def response_slice(per_position, n: int, total_len: int):
     return per_position[:, start : start + n]
 
 
-class ScoringPass(nn.Cell):
+class ScoringPass(GraphCell):
     """construct(input_ids, attention_mask, last_index) →
     (old_logprobs [B,N], ref_logprobs [B,N], values [B,N], raw_scores [B]).
 
@@ -77,7 +78,7 @@ class ScoringPass(nn.Cell):
         return old_logprobs, ref_logprobs, values, scores
 
 
-class AdvantagePass(nn.Cell):
+class AdvantagePass(GraphCell):
     """construct(old_logprobs, ref_logprobs, values, scores, response_mask, kl_coef) → (kl, rewards, advantages, returns).
 
     Whitening uses moments summed over ranks, so every rank whitens with the global mean and variance.

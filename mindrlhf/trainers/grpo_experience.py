@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from mindspore import nn
 
 from ..algos import get_adv_estimator, kl_penalty
+from ..nn.graph import GraphCell
 from .grpo_config import GRPOAlgoConfig
 
 
@@ -61,7 +61,7 @@ def concat_groups(parts: list, pad_id: int) -> GroupBatch:
     return GroupBatch(**{k: np.concatenate(v) for k, v in out.items()})
 
 
-class GroupScoringPass(nn.Cell):
+class GroupScoringPass(GraphCell):
     """construct(ids, mask, last_index) → the tuple of what it was built with, in order: log π_old [R, N] (actor),
     log π_ref [R, N] (reference), the reward model's score [R]."""
 
@@ -84,7 +84,7 @@ class GroupScoringPass(nn.Cell):
         return out
 
 
-class GroupAdvantagePass(nn.Cell):
+class GroupAdvantagePass(GraphCell):
     """construct(scores, old_logprobs, ref_logprobs, response_mask) → (kl [R, N], advantages [R, N])."""
 
     def __init__(self, algo: GRPOAlgoConfig, group_size: int):

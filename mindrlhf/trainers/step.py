@@ -19,6 +19,7 @@ from mindspore import nn, ops
 
 from .. import kernels, runtime
 from ..config import field, require
+from ..nn.graph import GraphCell
 from ..nn.model import CausalLM
 from .adamw import AdamW
 
@@ -59,10 +60,11 @@ def learning_rate(cfg: OptimConfig, step: int, total_steps: int) -> float:
 
 
 def build_optimizer(params, cfg: OptimConfig, scope: str = "") -> AdamW:
-    """The fused in-place :class:`~mindrlhf.trainers.adamw.AdamW` (torch's AdamW update) over ``params``;
-    ``scope`` names its scalar Parameters apart from another AdamW's in the same graph."""
+    """The fused in-place :class:`~mindrlhf.trainers.adamw.AdamW` (torch's AdamW update, gradients clipped to
+    ``cfg.max_grad_norm``) over ``params``; ``scope`` names its scalar Parameters apart from another AdamW's in
+    the same graph."""
     return AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                 scope=scope)
+                 max_grad_norm=cfg.max_grad_norm, scope=scope)
 
 
 # Per-tensor work on the gradients and their accumulators, mapped over all of them (see adamw.py: a Python loop
@@ -82,9 +84,9 @@ def _add_gradient(acc, g):
     return ops.assign_add(acc, g)
 
 
-@_zero.register("Tensor")
-def _zero_accumulator(acc):
-    return ops.assign(acc, ops.zeros_like(acc))
+@_zero.register("Tensor", "Tensor")
+def _zero_accumulator(after, acc):
+    return ops.assign(acc, ops.depend(ops.zeros_like(acc), after))
 
 
 def global_norm(squares):
@@ -95,12 +97,6 @@ def global_norm(squares):
     return ops.sqrt(total)
 
 
-def clip_by_norm(grads, norm, max_norm: float):
-    """Scale all gradients by min(1, max_norm / norm), torch's ``clip_grad_norm_`` rule."""
-    scale = ops.minimum(ops.ones((), ms.float32), max_norm / (norm + 1e-6))
-    return tuple(g * scale.astype(g.dtype) for g in grads)
-
-
 def _reducer(params):
     if runtime.current().distributed:
         return nn.DistributedGradReducer(params, mean=True)
@@ -108,13 +104,13 @@ def _reducer(params):
 
 
 class ApplyGradients(nn.Cell):
-    """Mean-reduce gradients over data-parallel ranks, clip them to ``max_grad_norm`` (0: no clipping) and
-    apply ``optimizer``: construct(grads) → the pre-clip global norm."""
+    """Mean-reduce gradients over data-parallel ranks, take their global norm and apply ``optimizer`` (which
+    clips them by it to its ``max_grad_norm``): construct(grads) → the pre-clip global norm, once the update
+    has run."""
 
-    def __init__(self, optimizer, max_grad_norm: float):
+    def __init__(self, optimizer):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
-        self.max_grad_norm = float(max_grad_norm)
         self.reducer = _reducer(optimizer.parameters)
         self.sum_squares = kernels.sum_squares()
         self.map = ops.HyperMap()
@@ -123,10 +119,7 @@ class ApplyGradients(nn.Cell):
         if self.reducer is not None:
             grads = self.reducer(grads)
         norm = global_norm(self.map(ops.partial(_sum_of_squares, self.sum_squares), grads))
-        if self.max_grad_norm > 0:
-            grads = clip_by_norm(grads, norm, self.max_grad_norm)
-        self.optimizer(grads)
-        return norm
+        return ops.depend(norm, self.optimizer(grads, norm))
 
 
 def _value_and_grad(loss_cell: nn.Cell, params):
@@ -141,20 +134,20 @@ def _value_and_grad(loss_cell: nn.Cell, params):
     return ms.value_and_grad(loss_cell, None, params, has_aux=True)
 
 
-class TrainStep(nn.Cell):
+class TrainStep(GraphCell):
     """One optimizer step on one batch: ``loss_cell(*inputs) -> (loss, aux)``; returns (loss, aux, grad_norm)."""
 
-    def __init__(self, loss_cell: nn.Cell, optimizer, max_grad_norm: float):
+    def __init__(self, loss_cell: nn.Cell, optimizer):
         super().__init__(auto_prefix=False)
         self.grad_fn = _value_and_grad(loss_cell, optimizer.parameters)
-        self.apply_grads = ApplyGradients(optimizer, max_grad_norm)
+        self.apply_grads = ApplyGradients(optimizer)
 
     def construct(self, *inputs):
         (loss, aux), grads = self.grad_fn(*inputs)
         return loss, aux, self.apply_grads(grads)
 
 
-class AccumulateStep(nn.Cell):
+class AccumulateStep(GraphCell):
     """Add one micro-batch's gradients into ``accum``; returns (loss, aux)."""
 
     def __init__(self, loss_cell: nn.Cell, params, accum):
@@ -169,18 +162,18 @@ class AccumulateStep(nn.Cell):
         return loss, aux
 
 
-class ApplyStep(nn.Cell):
+class ApplyStep(GraphCell):
     """Apply the accumulated gradients (:class:`ApplyGradients`), then zero them; returns the pre-clip norm."""
 
-    def __init__(self, optimizer, accum, max_grad_norm: float):
+    def __init__(self, optimizer, accum):
         super().__init__(auto_prefix=False)
         self.accum = accum
-        self.apply_grads = ApplyGradients(optimizer, max_grad_norm)
+        self.apply_grads = ApplyGradients(optimizer)
         self.map = ops.HyperMap()
 
     def construct(self):
         norm = self.apply_grads(tuple(self.accum))
-        self.map(_zero, self.accum)
+        self.map(ops.partial(_zero, norm), self.accum)  # after the update has read them
         return norm
 
 
@@ -204,7 +197,7 @@ class SumOfLosses(nn.Cell):
         return total, outs
 
 
-class JointTrainStep(nn.Cell):
+class JointTrainStep(GraphCell):
     """One optimizer step of several roles on one batch in one graph: every role's forward, one backward of the
     sum of their losses, then each role's :class:`ApplyGradients` (its own all-reduce, clipping and AdamW).
 
@@ -212,11 +205,11 @@ class JointTrainStep(nn.Cell):
     that role's own loss's. construct(each role's inputs in turn, as for :class:`SumOfLosses`) →
     (((loss, aux) per role), grad norms)."""
 
-    def __init__(self, loss_cells, arities, optimizers, max_grad_norms):
+    def __init__(self, loss_cells, arities, optimizers):
         super().__init__(auto_prefix=False)
         params = [p for opt in optimizers for p in opt.parameters]
         self.grad_fn = _value_and_grad(SumOfLosses(loss_cells, arities), ms.ParameterTuple(params))
-        self.apply_grads = nn.CellList([ApplyGradients(opt, norm) for opt, norm in zip(optimizers, max_grad_norms)],
+        self.apply_grads = nn.CellList([ApplyGradients(opt) for opt in optimizers],
                                        auto_prefix=False)
         self.bounds = _bounds([len(opt.parameters) for opt in optimizers])
 
@@ -292,14 +285,14 @@ class Updater(RoleOptimizer):
         super().__init__(params, cfg, total_steps)
         self.accum_steps = accum_steps
         if accum_steps == 1:
-            self.train_step = TrainStep(loss_cell, self.optimizer, cfg.max_grad_norm)
+            self.train_step = TrainStep(loss_cell, self.optimizer)
         else:
             accum = ms.ParameterTuple(
                 ms.Parameter(ops.zeros(p.shape, p.dtype), name=f"accum.{p.name}", requires_grad=False)
                 for p in self.params
             )
             self.accumulate = AccumulateStep(loss_cell, self.params, accum)
-            self.apply = ApplyStep(self.optimizer, accum, cfg.max_grad_norm)
+            self.apply = ApplyStep(self.optimizer, accum)
 
     def step(self, micro_batches):
         self.set_learning_rate()
@@ -334,8 +327,7 @@ class JointUpdater:
         _require_disjoint(self.optimizers)
         self.arities = {name: _arity(name, cell) for name, (cell, _, _) in roles.items()}
         self.train_step = JointTrainStep([cell for cell, _, _ in roles.values()], list(self.arities.values()),
-                                         [opt.optimizer for opt in self.optimizers.values()],
-                                         [opt.cfg.max_grad_norm for opt in self.optimizers.values()])
+                                         [opt.optimizer for opt in self.optimizers.values()])
 
     def step(self, inputs: dict) -> dict:
         for name, arity in self.arities.items():
