@@ -26,7 +26,7 @@ VENV=run/.bench-venv
 SIZES=${SIZES:-tiny,gpt2,smollm2}
 RESULTS=${RESULTS:-run/bench_results}  # writes $RESULTS.md and $RESULTS.json
 THREADS=${THREADS:-2}
-EXTRA=${EXTRA:-}            # e.g. EXTRA="--jit-level O1" for the mindrlhf side of bench_ppo and bench_train
+EXTRA=${EXTRA:-}            # our side's runtime flags in the PPO, SFT, DPO and GRPO benches: "--kernels reference"
 PPO=${PPO:-"--batch 8 --prompt-len 32 --new-tokens 32 --epochs 1 --mini-batch 4 --iters 2"}
 TRAIN=${TRAIN:-"--batch 8 --seq-len 64 --steps 5"}
 GENERATE=${GENERATE:-"--batches 8,32 --prompt-len 64 --new-tokens 128 --repeats 2"}
@@ -77,12 +77,12 @@ echo "== DPO step: mindrlhf vs TRL (and their first steps' losses and margins si
 bench dpo "$RANDOM_SIZES" "$DPO" run/bench_dpo.py --trl-python "$VENV/bin/python" $EXTRA
 
 echo "== GRPO iteration: mindrlhf vs TRL"
-bench grpo "$RANDOM_SIZES" "$GRPO" run/bench_grpo.py --trl-python "$VENV/bin/python"
+bench grpo "$RANDOM_SIZES" "$GRPO" run/bench_grpo.py --trl-python "$VENV/bin/python" $EXTRA
 
 REPORTS=()
 for name in ppo ppo_smollm2 train train_smollm2 generate generate_smollm2 dpo grpo; do
     if [ -f "$OUT/$name.json" ]; then REPORTS+=("$OUT/$name.json"); fi
 done
-"$PY" run/bench_common.py report "${REPORTS[@]}" --md "$RESULTS.md" --json "$RESULTS.json" \
+"$PY" run/bench_report.py "${REPORTS[@]}" --md "$RESULTS.md" --json "$RESULTS.json" \
     --start-load "$START_LOAD"
 echo "== wrote $RESULTS.md and $RESULTS.json"

@@ -151,15 +151,10 @@ def instrument_stage(dpo, Updater) -> dict:
 
 
 def side_ours(args) -> dict:
-    import mindspore as ms
-
-    from mindrlhf.runtime import RuntimeConfig
     from mindrlhf.trainers import dpo
     from mindrlhf.trainers.metrics import read_metrics
     from mindrlhf.trainers.step import OptimConfig, Updater
 
-    if args.ms_threads:
-        ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
     out_dir = os.path.join(args.dir, "ours_run")
     length = max_length(args)
     cfg = dpo.DPOConfig(
@@ -171,7 +166,7 @@ def side_ours(args) -> dict:
         algo=dpo.DPOAlgoConfig(loss_type="sigmoid", beta=args.beta),
         optim=OptimConfig(lr=args.lr, warmup_steps=0, schedule="constant", beta1=0.9, beta2=0.999, eps=1e-8,
                           weight_decay=0.0, max_grad_norm=1.0),
-        runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", graph_kernel=args.graph_kernel))
+        runtime=bc.runtime_config(args, args.seed))
 
     sink = instrument_stage(dpo, Updater)
     bc.PHASE["now"] = "train_dpo"
@@ -186,7 +181,7 @@ def side_ours(args) -> dict:
     out.update(run_s=run_s, reference_s=sink.get("reference_s"), update_s=float(np.mean(sink["update_s"][1:])),
                cpu_step_s=float(np.mean(sink["update_cpu_s"][1:])),  # of the compiled step (most of a step)
                update_first_s=sink["update_s"][0], peak_rss_mb_after=sink["peak_rss_mb_after"],
-               jit_level=args.jit_level, graph_kernel=args.graph_kernel, versions=bc.versions("mindspore", "numpy"))
+               **bc.runtime_fields(args), versions=bc.versions("mindspore", "numpy"))
     return out
 
 
@@ -265,10 +260,7 @@ def child_args(args, side: str, size: str, folder: str) -> list:
     out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
            "--steps", args.steps, "--prompt-len", args.prompt_len, "--response-len", args.response_len,
            "--beta", args.beta, "--lr", args.lr, "--seed", args.seed, "--threads", args.threads]
-    for flag, value in (("--jit-level", args.jit_level), ("--ms-threads", args.ms_threads)):
-        if value:
-            out += [flag, value]
-    return out + (["--graph-kernel"] if args.graph_kernel else [])
+    return out + bc.runtime_flags(args)
 
 
 def describe(d: dict) -> str:
@@ -300,8 +292,7 @@ def compare(row: dict) -> dict:
 
 def orchestrate(args) -> dict:
     report = bc.orchestrate(os.path.abspath(__file__), args, "dpo", "trl", args.trl_python, child_args,
-                            ("batch", "steps", "prompt_len", "response_len", "beta", "lr", "jit_level",
-                             "graph_kernel", "threads", "ms_threads"),
+                            ("batch", "steps", "prompt_len", "response_len", "beta", "lr") + bc.RUNTIME_SETTINGS,
                             NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
     for row in report["rows"]:
         row["equivalence"] = same = compare(row)
@@ -323,9 +314,7 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate, constant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--ms-threads", type=int, default=0, help="MindSpore CPU kernel threads; 0 = its default")
-    parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
-    parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
+    bc.add_runtime_flags(parser)
     parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"])
     parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child process")

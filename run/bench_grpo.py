@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,6 +84,7 @@ def side_ours(args) -> dict:
         f"algo.mini_batch_size={args.mini_batch}", "algo.kl_coef=0.04", "algo.policy_loss=clip",
         "algo.loss_agg_mode=token-mean", "reward.functions=[run.bench_grpo:length_reward]", "optim.lr=1e-5",
         f"runtime.seed={args.seed}"])
+    cfg = dataclasses.replace(cfg, runtime=bc.runtime_config(args, args.seed))
     trainer = GRPOTrainer(cfg)
     trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side
     texts, ids = prompt_texts(args, trainer.actor.lm.config.vocab_size)
@@ -116,7 +116,7 @@ def side_ours(args) -> dict:
         print(f"[ours {args.size}] iteration {it}: {row['total']:.2f} s (gen {row['generate']:.2f}, "
               f"score {row['score']:.2f}, train {row['train']:.2f}); loss {metrics['loss']:.4f}", flush=True)
     out = summarize(iterations, args)
-    out.update(setup_s=setup_s, versions=bc.versions("mindspore", "numpy"))
+    out.update(bc.runtime_fields(args), setup_s=setup_s, versions=bc.versions("mindspore", "numpy"))
     return out
 
 
@@ -204,38 +204,20 @@ def side_trl(args) -> dict:
 def child_args(args, side: str, size: str, folder: str) -> list:
     return ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
             "--group", args.group, "--prompt-len", args.prompt_len, "--new-tokens", args.new_tokens,
-            "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads]
+            "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads,
+            *bc.runtime_flags(args)]
+
+
+def describe(d: dict) -> str:
+    return (f"{d['step_s']:.2f} s/iteration ({d['tokens_per_s']:.1f} tok/s), first {d['first_s']:.1f} s, "
+            f"gen/score/train {d['time_generate']:.2f}/{d['time_score']:.2f}/{d['time_train']:.2f} s, peak RSS "
+            f"{d['peak_rss_mb']:.0f} MB; profile " + ", ".join(f"{k} {v:.2f}" for k, v in d["profile"].items()))
 
 
 def orchestrate(args) -> dict:
-    rows, vers = [], {}
-    here = os.path.abspath(__file__)
-    for size in args.sizes.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"bench_grpo_{size}_") as folder:
-            prep = bc.run_child(sys.executable, here, child_args(args, "prepare", size, folder), args.timeout)
-            if "error" in prep:
-                raise RuntimeError(f"preparing the {size} model folder failed: {prep['error']}")
-            ours = ({"error": "skipped (--sides trl)"} if args.sides == "trl" else
-                    bc.run_child(sys.executable, here, child_args(args, "ours", size, folder), args.timeout))
-            peer = ({"error": "skipped (--sides ours)"} if args.sides == "ours" else
-                    bc.run_child(args.trl_python, here, child_args(args, "trl", size, folder), args.timeout))
-        vers.update(ours.get("versions", {}), **peer.get("versions", {}))
-        settings = {k: getattr(args, k) for k in ("batch", "group", "prompt_len", "new_tokens", "mini_batch", "iters",
-                                                  "threads")}
-        rows.append({"bench": "grpo", "size": size, "settings": settings, "ours": ours,
-                     "peer_name": "trl " + peer.get("versions", {}).get("trl", "?"), "peer": peer,
-                     "speed_metric": "tokens_per_s", "speedup": bc.speedup(ours, peer, "tokens_per_s"),
-                     "notes": NOTES + bc.size_notes(size)})
-        for name, d in (("ours", ours), ("trl", peer)):
-            if "error" in d:
-                print(f"[{size}] {name}: {d['error']}")
-            else:
-                print(f"[{size}] {name}: {d['step_s']:.2f} s/iteration ({d['tokens_per_s']:.1f} tok/s), first "
-                      f"{d['first_s']:.1f} s, gen/score/train {d['time_generate']:.2f}/{d['time_score']:.2f}/"
-                      f"{d['time_train']:.2f} s, peak RSS {d['peak_rss_mb']:.0f} MB; profile "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in d["profile"].items()), flush=True)
-        print(f"[{size}] speedup (ours/TRL tokens/s): {rows[-1]['speedup']}", flush=True)
-    return {"versions": vers, "rows": rows}
+    return bc.orchestrate(os.path.abspath(__file__), args, "grpo", "trl", args.trl_python, child_args,
+                          ("batch", "group", "prompt_len", "new_tokens", "mini_batch", "iters") + bc.RUNTIME_SETTINGS,
+                          NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
 
 
 def main():
@@ -249,6 +231,7 @@ def main():
     parser.add_argument("--iters", type=int, default=2, help="timed iterations after the warm-up one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    bc.add_runtime_flags(parser)
     parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"], help="run one side only")
     parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child process")

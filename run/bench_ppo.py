@@ -99,24 +99,16 @@ def side_prepare(args) -> dict:
 
 
 def side_ours(args) -> dict:
-    import mindspore as ms
-
-    from mindrlhf.runtime import RuntimeConfig
     from mindrlhf.trainers.ppo import PPOTrainer
     from mindrlhf.trainers.ppo_config import PPOAlgoConfig, PPOConfig, PPODataConfig, RolloutConfig
 
-    if args.graph_kernel:
-        ms.set_context(enable_graph_kernel=True)
-    if args.ms_threads:
-        ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
     t0 = time.perf_counter()
     cfg = PPOConfig(policy=os.path.join(args.dir, "policy"), reward_model=os.path.join(args.dir, "reward"),
                     out_dir=os.path.join(args.dir, "ours_run"), progress=False,
                     data=PPODataConfig(prompts=os.path.join(args.dir, "prompts.jsonl"), max_prompt_length=64),
                     rollout=RolloutConfig(batch_size=args.batch, max_new_tokens=args.new_tokens, temperature=1.0),
                     algo=PPOAlgoConfig(iterations=args.iters + 1, epochs=args.epochs, mini_batch_size=args.mini_batch),
-                    runtime=RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", kernels=args.kernels,
-                                          recompute=args.recompute))
+                    runtime=bc.runtime_config(args, args.seed))
     trainer = PPOTrainer(cfg)
     trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side
     ids = prompts_for(args, trainer.actor_lm.config.vocab_size)
@@ -149,9 +141,7 @@ def side_ours(args) -> dict:
         print(f"[ours {args.size}] iteration {it}: {row['total']:.2f} s (gen {row['generate']:.2f}, "
               f"score {row['score']:.2f}, train {row['train']:.2f}); pg_loss {metrics['pg_loss']:.4f}", flush=True)
     out = summarize(iterations, args)
-    out.update(setup_s=setup_s, jit_level=args.jit_level, graph_kernel=args.graph_kernel, ms_threads=args.ms_threads,
-               kernels=args.kernels, recompute=args.recompute,
-               versions=bc.versions("mindspore", "numpy"))
+    out.update(bc.runtime_fields(args), setup_s=setup_s, versions=bc.versions("mindspore", "numpy"))
     return out
 
 
@@ -253,17 +243,8 @@ def side_trl(args) -> dict:
 def child_args(args, side: str, size: str, folder: str) -> list:
     out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
            "--prompt-len", args.prompt_len, "--new-tokens", args.new_tokens, "--epochs", args.epochs,
-           "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads,
-           "--kernels", args.kernels]
-    if args.jit_level:
-        out += ["--jit-level", args.jit_level]
-    if args.graph_kernel:
-        out += ["--graph-kernel"]
-    if args.recompute:
-        out += ["--recompute"]
-    if args.ms_threads:
-        out += ["--ms-threads", args.ms_threads]
-    return out
+           "--mini-batch", args.mini_batch, "--iters", args.iters, "--seed", args.seed, "--threads", args.threads]
+    return out + bc.runtime_flags(args)
 
 
 def describe(d: dict) -> str:
@@ -275,8 +256,7 @@ def describe(d: dict) -> str:
 
 def orchestrate(args) -> dict:
     return bc.orchestrate(os.path.abspath(__file__), args, "ppo", "trl", args.trl_python, child_args,
-                          ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch", "iters", "jit_level",
-                           "graph_kernel", "kernels", "recompute", "threads", "ms_threads"),
+                          ("batch", "prompt_len", "new_tokens", "epochs", "mini_batch", "iters") + bc.RUNTIME_SETTINGS,
                           NOTES, lambda v: "trl " + v.get("trl", "?"), describe)
 
 
@@ -291,13 +271,7 @@ def main():
     parser.add_argument("--iters", type=int, default=2, help="timed iterations after the warm-up one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--ms-threads", type=int, default=0,
-                        help="MindSpore CPU kernel threads (device_context.cpu.op_tuning.threads_num); 0 = its default")
-    parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
-    parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
-    parser.add_argument("--kernels", default="auto", choices=["reference", "auto", "fused"],
-                        help="runtime.kernels of our side (auto by default, as the library)")
-    parser.add_argument("--recompute", action="store_true", help="runtime.recompute=true on our side")
+    bc.add_runtime_flags(parser)
     parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"],
                         help="run one side only (lever sweeps)")
     parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")

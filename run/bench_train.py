@@ -55,10 +55,7 @@ def side_ours(args) -> dict:
     from mindrlhf.trainers.sft import SFTLoss
     from mindrlhf.trainers.step import OptimConfig, Updater
 
-    runtime.setup(runtime.RuntimeConfig(seed=args.seed, jit_level=args.jit_level or "", graph_kernel=args.graph_kernel,
-                                        kernels=args.kernels, recompute=args.recompute))
-    if args.ms_threads:
-        ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
+    runtime.setup(bc.runtime_config(args, args.seed))
     model = CausalLM.from_pretrained(os.path.join(args.dir, "model"))
     cfg = OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant", max_grad_norm=1.0)
     updater = Updater(SFTLoss(model), model.trainable_params(), cfg, total_steps=args.steps + 1)
@@ -74,8 +71,7 @@ def side_ours(args) -> dict:
         losses.append(loss)
         print(f"[ours {args.size}] step {step}: {times[-1]:.3f} s, loss {loss:.5f}", flush=True)
     out = summarize(times, cpu, losses, args)
-    out.update(jit_level=args.jit_level, graph_kernel=args.graph_kernel, kernels=args.kernels, recompute=args.recompute,
-               versions=bc.versions("mindspore"))
+    out.update(bc.runtime_fields(args), versions=bc.versions("mindspore"))
     return out
 
 
@@ -111,12 +107,8 @@ def side_torch(args) -> dict:
 
 def child_args(args, side: str, size: str, folder: str) -> list:
     out = ["--side", side, "--size", size, "--dir", folder, "--max-rss-gb", args.max_rss_gb, "--batch", args.batch,
-           "--seq-len", args.seq_len, "--steps", args.steps, "--seed", args.seed, "--threads", args.threads,
-           "--kernels", args.kernels]
-    for flag, value in (("--jit-level", args.jit_level), ("--ms-threads", args.ms_threads)):
-        if value:
-            out += [flag, value]
-    return out + (["--graph-kernel"] if args.graph_kernel else []) + (["--recompute"] if args.recompute else [])
+           "--seq-len", args.seq_len, "--steps", args.steps, "--seed", args.seed, "--threads", args.threads]
+    return out + bc.runtime_flags(args)
 
 
 def describe(d: dict) -> str:
@@ -126,8 +118,7 @@ def describe(d: dict) -> str:
 
 def orchestrate(args) -> dict:
     return bc.orchestrate(os.path.abspath(__file__), args, "train", "torch", args.torch_python, child_args,
-                          ("batch", "seq_len", "steps", "jit_level", "graph_kernel", "kernels", "recompute", "threads",
-                           "ms_threads"),
+                          ("batch", "seq_len", "steps") + bc.RUNTIME_SETTINGS,
                           NOTES, lambda v: "torch " + v.get("torch", "?") + " loop", describe)
 
 
@@ -139,12 +130,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--ms-threads", type=int, default=0, help="MindSpore CPU kernel threads; 0 = its default")
-    parser.add_argument("--jit-level", default=None, choices=["O0", "O1", "O2"], help="MindSpore jit_level")
-    parser.add_argument("--graph-kernel", action="store_true", help="MindSpore enable_graph_kernel=True")
-    parser.add_argument("--kernels", default="auto", choices=["reference", "auto", "fused"],
-                        help="runtime.kernels of our side (auto by default, as the library)")
-    parser.add_argument("--recompute", action="store_true", help="runtime.recompute=true on our side")
+    bc.add_runtime_flags(parser)
     parser.add_argument("--sides", default="both", choices=["both", "ours", "torch"])
     parser.add_argument("--torch-python", default=bc.bench_python(), help="interpreter for the torch loop")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per child process")
