@@ -14,6 +14,7 @@ their own framework, so one framework's memory never shows up in the other's RSS
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -334,3 +335,31 @@ def runtime_config(args, seed: int):
         ms.device_context.cpu.op_tuning.threads_num(args.ms_threads)
     return RuntimeConfig(seed=seed, jit_level=args.jit_level or "", graph_kernel=args.graph_kernel,
                          kernels=args.kernels, recompute=args.recompute)
+
+
+# ------------------------------------------------------------------------------------ the two processes
+def add_process_flags(parser, peer: str, peer_help: str, timeout: float) -> None:
+    """Which sides run, the peer's interpreter, the limits, the rows' file, and the child process's own flags."""
+    parser.add_argument("--sides", default="both", choices=["both", "ours", peer], help="run one side only")
+    parser.add_argument(f"--{peer}-python", default=bench_python(), help=peer_help)
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per child process")
+    parser.add_argument("--json", default=None, help="write the rows (bench_common's format) here")
+    parser.add_argument("--max-rss-gb", type=float, default=default_memory_guard_gb(),
+                        help="end a side whose resident memory passes this (default: 70%% of RAM); 0 = off")
+    parser.add_argument("--side", default=None, choices=["prepare", "ours", peer], help=argparse.SUPPRESS)
+    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+
+
+def run_main(args, sides: dict, orchestrate) -> None:
+    """A child process runs its side (``sides[args.side](args)``) and writes its result; the parent runs
+    ``orchestrate(args)`` over every size and writes the rows to ``--json``."""
+    if args.side:
+        guard_memory(args.max_rss_gb, args.result)
+        write_result(args.result, sides[args.side](args))
+        return
+    report = orchestrate(args)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, default=float)

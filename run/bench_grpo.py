@@ -232,28 +232,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     bc.add_runtime_flags(parser)
-    parser.add_argument("--sides", default="both", choices=["both", "ours", "trl"], help="run one side only")
-    parser.add_argument("--trl-python", default=bc.bench_python(), help="interpreter with TRL (run/.bench-venv)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
-    parser.add_argument("--json", default=None, help="write the rows (bench_common's format) here")
-    parser.add_argument("--max-rss-gb", type=float, default=bc.default_memory_guard_gb(),
-                        help="end a side whose resident memory passes this (default: 70%% of RAM); 0 = off")
-    parser.add_argument("--side", default=None, choices=["prepare", "ours", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    bc.add_process_flags(parser, "trl", "interpreter with TRL (run/.bench-venv)", timeout=1800)
     args = parser.parse_args()
     if (args.batch * args.group) % args.mini_batch:
         parser.error(f"--mini-batch {args.mini_batch} must divide --batch × --group = {args.batch * args.group}")
-    if args.side:
-        bc.guard_memory(args.max_rss_gb, args.result)
-        fn = {"prepare": side_prepare, "ours": side_ours, "trl": side_trl}[args.side]
-        bc.write_result(args.result, fn(args))
-        return
-    report = orchestrate(args)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, default=float)
+    bc.run_main(args, {"prepare": side_prepare, "ours": side_ours, "trl": side_trl}, orchestrate)
 
 
 if __name__ == "__main__":
