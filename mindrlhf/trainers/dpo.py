@@ -3,7 +3,7 @@
     loss = 1/N · Σ_pairs  ℓ(h),   h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))
 
 with ℓ the configured variant of ``mindrlhf.algos.dpo`` (``sigmoid``: −log σ(β h), Rafailov et al. 2023;
-``ipo``, ``hinge``, and the reference-free ``simpo``), log-probs summed over each response's tokens
+``ipo``, ``hinge``, and the reference-free ``simpo`` and ``orpo``), log-probs summed over each response's tokens
 (prompt and padding excluded) and N the global number of pairs in the batch, passed into the compiled
 step so micro-batches and ranks add up to the full batch's gradient.
 
@@ -38,7 +38,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from .. import runtime
-from ..algos import DPO_LOSSES, dpo_loss, is_reference_free
+from ..algos import DPO_LOSSES, dpo_loss, includes_nll, is_reference_free
 from ..config import field, require
 from ..data.encoding import encode_rankings
 from ..data.formats import load_rankings
@@ -71,8 +71,9 @@ class DPODataConfig(DataConfig):
 @dataclasses.dataclass
 class DPOAlgoConfig:
     loss_type: str = field("sigmoid", f"the loss of h, from {DPO_LOSSES.names()}: sigmoid = DPO, ipo, hinge "
-                                      "(SLiC), simpo (reference-free)")
-    beta: float = field(0.1, "β: the KL tie to the reference (Rafailov et al. 2023; TRL's default 0.1)")
+                                      "(SLiC), simpo and orpo (reference-free)")
+    beta: float = field(0.1, "β: the KL tie to the reference (Rafailov et al. 2023; TRL's default 0.1); for "
+                             "orpo the weight λ of the odds-ratio term (Hong et al. 2024 use 0.1)")
     label_smoothing: float = field(0.0, "ε of conservative DPO: the chance a label is flipped (sigmoid, simpo)")
     simpo_gamma: float = field(0.5, "SimPO's target margin γ in β·h − γ (TRL's CPOConfig default)")
     sft_coef: float = field(0.0, "RPO: weight of the chosen answer's NLL per token added to the loss "
@@ -151,7 +152,7 @@ class DPOLoss(nn.Cell):
 
 def describe(auxes, prefix: str = "", nll: bool = False) -> dict:
     """TRL's metric names from :class:`DPOLoss` aux sums (one array per micro-batch, or the ranks' total);
-    ``nll_loss`` when the RPO term is on, and with a ``prefix`` (held-out) the mean loss as well."""
+    ``nll_loss`` when an NLL term is on (RPO's, ORPO's), and with a ``prefix`` (held-out) the mean loss as well."""
     total = np.sum(np.stack([np.asarray(a, np.float64) for a in auxes]), axis=0)
     mean = total[:-1] / max(total[-1], 1.0)
     out = {"rewards/chosen": mean[0], "rewards/rejected": mean[1], "rewards/margins": mean[0] - mean[1],
@@ -221,7 +222,7 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
     separate = bool(cfg.reference) and os.path.abspath(cfg.reference) != os.path.abspath(cfg.model)
 
     def compute_reference(sequences, later_round: bool = False):
-        if is_reference_free(algo.loss_type):  # SimPO: h never reads the reference
+        if is_reference_free(algo.loss_type):  # SimPO, ORPO: h never reads the reference
             return np.zeros(len(sequences), np.float32)
         # The reference is the model the policy starts from: the LoRA base with its adapters off, or (no LoRA)
         # the policy itself before its first step, so no second copy is loaded; another folder, or the start
@@ -256,7 +257,7 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
     loss_cell = DPOLoss(model, algo)
     updater = Updater(loss_cell, model.trainable_params(), cfg.optim, cfg.train.total_steps(len(train_set)),
                       accum_steps=n_micro)
-    nll = algo.sft_coef > 0
+    nll = algo.sft_coef > 0 or includes_nll(algo.loss_type)
 
     def evaluate():
         return heldout_metrics(loss_cell, eval_set, ref_table, pad, data, micro, nll) if eval_set else {}

@@ -1,10 +1,10 @@
-"""DPO losses (sigmoid with label smoothing, IPO, hinge, SimPO) and the RPO term against hand numbers."""
+"""DPO losses (sigmoid with label smoothing, IPO, hinge, SimPO, ORPO) and the RPO term against hand numbers."""
 import math
 
 import numpy as np
 import pytest
 
-from mindrlhf.algos import DPO_LOSSES, dpo_loss, get_dpo_loss, is_reference_free
+from mindrlhf.algos import DPO_LOSSES, dpo_loss, get_dpo_loss, includes_nll, is_reference_free
 
 from .cells import FnCell, GradCell, pynative, t
 
@@ -120,9 +120,42 @@ def test_equal_log_ratios():
 
 
 def test_dpo_registry():
-    assert DPO_LOSSES.names() == ["hinge", "ipo", "sigmoid", "simpo"]
-    assert is_reference_free("simpo") and not is_reference_free("sigmoid")
-    with pytest.raises(ValueError, match="unknown DPO loss type 'kto'.*hinge, ipo, sigmoid, simpo"):
+    assert DPO_LOSSES.names() == ["hinge", "ipo", "orpo", "sigmoid", "simpo"]
+    assert is_reference_free("simpo") and is_reference_free("orpo") and not is_reference_free("sigmoid")
+    assert includes_nll("orpo") and not includes_nll("simpo")
+    with pytest.raises(ValueError, match="unknown DPO loss type 'kto'.*hinge, ipo, orpo, sigmoid, simpo"):
         get_dpo_loss("kto")
     with pytest.raises(ValueError, match="unknown DPO loss type"):
         is_reference_free("kto")
+
+
+def log_odds(m):
+    return m - math.log1p(-math.exp(m))
+
+
+def test_orpo_hand_numbers_and_gradient():
+    # mean log-probs: chosen (−0.5, −2.0), rejected (−1.0, −1.0); h = odds(m_w) − odds(m_l)
+    beta = 0.1
+    h = [log_odds(-0.5) - log_odds(-1.0), log_odds(-2.0) - log_odds(-1.0)]
+    out, chosen_rewards, rejected_rewards = FnCell(dpo_loss, beta=beta, loss_type="orpo")(*ARGS)
+    # −log π(y_w)/|y_w| + β · softplus(−h): the NLL per chosen token is (0.5, 2.0)
+    np.testing.assert_allclose(out.asnumpy(), [0.5 + beta * softplus(-h[0]), 2.0 + beta * softplus(-h[1])], rtol=1e-5)
+    np.testing.assert_allclose(chosen_rewards.asnumpy(), [-0.05, -0.2], rtol=1e-5)  # β · log π(y) / |y|, as TRL logs
+    np.testing.assert_allclose(rejected_rewards.asnumpy(), [-0.1, -0.1], rtol=1e-5)
+    # d/d log π(y_w) = (−1 − β σ(−h) · d odds/dm) / |y_w|, d odds/dm = 1 / (1 − e^m)
+    _, grad = GradCell(dpo_loss, beta=beta, loss_type="orpo")(*ARGS)
+    expected = [(-1.0 - beta * sigmoid(-h[i]) / (1.0 - math.exp(m))) / n
+                for i, (m, n) in enumerate(zip((-0.5, -2.0), CHOSEN_TOKENS))]
+    np.testing.assert_allclose(grad.asnumpy(), expected, rtol=1e-5)
+    # reference-free: other reference log-probs give the same loss; sft_coef adds to ORPO's own NLL
+    other = (ARGS[0], ARGS[1], t([9.0, -9.0]), t([3.0, 3.0]), ARGS[4], ARGS[5])
+    np.testing.assert_allclose(FnCell(dpo_loss, beta=beta, loss_type="orpo")(*other)[0].asnumpy(), out.asnumpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(losses("orpo", beta=beta, sft_coef=0.5), out.asnumpy() + [0.25, 1.0], rtol=1e-5)
+
+
+def test_orpo_stays_finite_when_an_answer_is_certain():
+    # mean log-prob 0 (p = 1): the odds are capped, the loss and its gradient stay finite
+    args = (t([0.0, -1.0]), t([-2.0, 0.0]), ARGS[2], ARGS[3], t([3.0, 2.0]), t([3.0, 2.0]))
+    loss, grad = GradCell(dpo_loss, beta=0.1, loss_type="orpo")(*args)
+    assert np.all(np.isfinite(loss.asnumpy())) and np.all(np.isfinite(grad.asnumpy()))

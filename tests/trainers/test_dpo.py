@@ -206,10 +206,22 @@ def test_simpo_needs_no_reference_pass(dpo_toy, tmp_path, capsys):
     assert row["loss"] > 0 and np.isfinite(row["loss"])
 
 
+def test_orpo_needs_no_reference_pass_and_logs_its_nll(dpo_toy, tmp_path, capsys):
+    cfg = dpo_config(dpo_toy, tmp_path / "orpo", "train.max_steps=1", "train.eval_every=0", "train.save_every=0",
+                     "algo.loss_type=orpo", "algo.beta=0.1")
+    train_dpo(cfg)
+    assert "reference log-probs" not in capsys.readouterr().out
+    row = read_metrics(str(tmp_path / "orpo" / "metrics.jsonl"))[0]
+    # per pair: loss = NLL per chosen token + β · softplus(−h) > NLL; the chosen reward is β · log π(y_w)/|y_w|
+    assert 0 < row["nll_loss"] < row["loss"]
+    assert row["rewards/chosen"] == pytest.approx(-0.1 * row["nll_loss"], rel=1e-5)
+
+
 @pytest.mark.slow
-def test_dpo_learns_the_preference_on_held_out_pairs(dpo_toy, tmp_path):
+@pytest.mark.parametrize("loss_type", ["sigmoid", "orpo"])
+def test_dpo_learns_the_preference_on_held_out_pairs(dpo_toy, tmp_path, loss_type):
     cfg = dpo_config(dpo_toy, tmp_path / "learn", "train.max_steps=60", "train.eval_every=20", "train.save_every=0",
-                     "train.batch_size=16", "data.eval_fraction=0.2", "optim.lr=1e-3")
+                     "train.batch_size=16", "data.eval_fraction=0.2", "optim.lr=1e-3", f"algo.loss_type={loss_type}")
     train_dpo(cfg)
     evals = [r for r in read_metrics(str(tmp_path / "learn" / "metrics.jsonl")) if "eval_loss" in r]
     accuracies = [r["eval_rewards/accuracies"] for r in evals]
