@@ -5,7 +5,7 @@ Every variant is a function of the pair's preference logit h, registered under i
     reference-tied (sigmoid, ipo, hinge):  s(y) = log π(y) − log π_ref(y)       (log-probs summed over tokens)
     reference-free (simpo, orpo):          s(y) = log π(y) / |y|                (mean over the response's tokens)
     h = s(y_w) − s(y_l)                    (y_w chosen, y_l rejected)
-    odds ratio (orpo):                     h = lo(s(y_w)) − lo(s(y_l)),  lo(s) = s − log(1 − e^s), the log-odds of e^s
+    odds ratio (orpo):                     h = lo(s(y_w)) − lo(s(y_l)),  lo(s) = s − log(1 − e^s): log-odds of e^s
 
 so adding one touches one function: ``@register_dpo_loss("name") def f(logits, beta, label_smoothing, gamma)
 -> losses [batch]`` (``register_dpo_loss("name", reference_free=True)`` when its h is built without π_ref).
