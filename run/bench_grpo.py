@@ -82,8 +82,7 @@ def side_ours(args) -> dict:
         f"rollout.batch_size={args.batch}", f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.new_tokens}",
         f"rollout.prompt_bucket={args.prompt_len}", f"algo.iterations={args.iters + 1}", "algo.epochs=1",
         f"algo.mini_batch_size={args.mini_batch}", "algo.kl_coef=0.04", "algo.policy_loss=clip",
-        "algo.loss_agg_mode=token-mean", "reward.functions=[run.bench_grpo:length_reward]", "optim.lr=1e-5",
-        f"runtime.seed={args.seed}"])
+        "algo.loss_agg_mode=token-mean", "reward.functions=[run.bench_grpo:length_reward]", "optim.lr=1e-5"])
     cfg = dataclasses.replace(cfg, runtime=bc.runtime_config(args, args.seed))
     trainer = GRPOTrainer(cfg)
     trainer.gen_cfg = dataclasses.replace(trainer.gen_cfg, eos_token_id=None)  # all N tokens, as TRL's side

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
-from bench_common import machine
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from run.bench_common import machine  # noqa: E402
 
 
 def _fmt(x, digits=2):
