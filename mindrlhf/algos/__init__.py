@@ -15,8 +15,8 @@ from mindrlhf.algos.core import (
     masked_var, masked_whiten, whiten_from_moments,
 )
 from mindrlhf.algos.dpo import (
-    DPO_LOSSES, dpo_hinge, dpo_ipo, dpo_loss, dpo_orpo, dpo_sigmoid, dpo_simpo, get_dpo_loss, includes_nll,
-    is_reference_free, register_dpo_loss,
+    DPO_LOSSES, dpo_hinge, dpo_ipo, dpo_loss, dpo_orpo, dpo_sigmoid, dpo_simpo, get_dpo_loss, is_reference_free,
+    nll_weight, register_dpo_loss,
 )
 from mindrlhf.algos.kl import (
     K3_MAX_LOG_RATIO, KL_ESTIMATORS, get_kl_estimator, kl_abs, kl_k1, kl_k2, kl_k3, kl_loss, kl_penalty,
@@ -51,7 +51,7 @@ __all__ = [
     "value_loss",
     "ranking_loss", "prompt_ranking_losses", "pairwise_accuracy",
     "dpo_loss", "dpo_sigmoid", "dpo_ipo", "dpo_hinge", "dpo_simpo", "dpo_orpo", "DPO_LOSSES", "register_dpo_loss",
-    "get_dpo_loss", "includes_nll",
+    "get_dpo_loss", "nll_weight",
     "is_reference_free",
     "Registry",
 ]

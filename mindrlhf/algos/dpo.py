@@ -99,10 +99,10 @@ def _log_odds(mean_logp):
     return s - ops.log(-ops.expm1(s))
 
 
-def includes_nll(loss_type: str) -> bool:
-    """Whether the variant itself adds the chosen answer's NLL (then ``nll_loss`` is worth logging)."""
-    get_dpo_loss(loss_type)
-    return loss_type in WITH_NLL
+def nll_weight(loss_type: str, sft_coef: float) -> float:
+    """The weight of the chosen answer's NLL per token in the loss: RPO's ``sft_coef``, plus 1 for a variant
+    whose loss includes it (ORPO)."""
+    return sft_coef + (1.0 if loss_type in WITH_NLL else 0.0)
 
 
 def is_reference_free(loss_type: str) -> bool:
@@ -148,7 +148,7 @@ def dpo_loss(
     else:
         logits = chosen_score - rejected_score
     losses = get_dpo_loss(loss_type)(logits, beta, label_smoothing, gamma)
-    nll_coef = sft_coef + (1.0 if loss_type in WITH_NLL else 0.0)
+    nll_coef = nll_weight(loss_type, sft_coef)
     if nll_coef != 0.0:
         losses = losses - nll_coef * policy_chosen_logps / chosen_len
     chosen_rewards = ops.stop_gradient(beta * chosen_score)

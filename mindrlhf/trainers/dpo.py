@@ -38,7 +38,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from .. import runtime
-from ..algos import DPO_LOSSES, dpo_loss, includes_nll, is_reference_free
+from ..algos import DPO_LOSSES, dpo_loss, is_reference_free, nll_weight
 from ..config import field, require
 from ..data.encoding import encode_rankings
 from ..data.formats import load_rankings
@@ -257,7 +257,7 @@ def train_dpo(cfg: DPOConfig, resume: Optional[str] = None, overwrite: bool = Fa
     loss_cell = DPOLoss(model, algo)
     updater = Updater(loss_cell, model.trainable_params(), cfg.optim, cfg.train.total_steps(len(train_set)),
                       accum_steps=n_micro)
-    nll = algo.sft_coef > 0 or includes_nll(algo.loss_type)
+    nll = nll_weight(algo.loss_type, algo.sft_coef) > 0
 
     def evaluate():
         return heldout_metrics(loss_cell, eval_set, ref_table, pad, data, micro, nll) if eval_set else {}

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from mindrlhf.algos import DPO_LOSSES, dpo_loss, get_dpo_loss, includes_nll, is_reference_free
+from mindrlhf.algos import DPO_LOSSES, dpo_loss, get_dpo_loss, is_reference_free, nll_weight
 
 from .cells import FnCell, GradCell, pynative, t
 
@@ -122,7 +122,7 @@ def test_equal_log_ratios():
 def test_dpo_registry():
     assert DPO_LOSSES.names() == ["hinge", "ipo", "orpo", "sigmoid", "simpo"]
     assert is_reference_free("simpo") and is_reference_free("orpo") and not is_reference_free("sigmoid")
-    assert includes_nll("orpo") and not includes_nll("simpo")
+    assert nll_weight("orpo", 0.0) == 1.0 and nll_weight("orpo", 0.3) == 1.3 and nll_weight("simpo", 0.0) == 0.0
     with pytest.raises(ValueError, match="unknown DPO loss type 'kto'.*hinge, ipo, orpo, sigmoid, simpo"):
         get_dpo_loss("kto")
     with pytest.raises(ValueError, match="unknown DPO loss type"):
